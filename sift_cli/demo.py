@@ -36,7 +36,9 @@ LEARNING_RATES = {"adamw": 3e-3, "sift": 2e-2}
 AdamW {1e-3, 3e-3} and SIFT {2e-2, 5e-2} that raised held-out forget perplexity most while held-out retain
 perplexity stayed within 10% of the base model's. SIFT needs a larger rate because RMU's forget gradient is
 nearly rank one (77-99% of its energy in the top singular value, measured on these blocks): a spectral step
-gives that direction a unit singular value, while AdamW's elementwise step gives it about sqrt(m*n) times lr."""
+gives that direction singular value lr*0.2*sqrt(max(m, n)), a sign-like AdamW step about lr*sqrt(m*n).
+Measured: AdamW 1e-3 / 3e-3 took forget perplexity 41 -> 2.0e4 / 3.9e4 at retain 24.4 / 24.6 (base 24.7);
+SIFT 2e-2 / 5e-2 -> 2.3e3 / 1.0e5 at retain 25.3 / 38.7."""
 
 
 def write_demo_data(path: Path) -> tuple[Path, list[str]]:

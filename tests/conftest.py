@@ -23,6 +23,10 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+torch.set_num_threads(1)
+"""Test matrices and models are tiny: intra-op threads gain nothing on them, and on a shared CI machine
+OpenMP contention between threads makes them many times slower."""
+
 TINY_CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Viruses infect cells and copy themselves; vaccines train the immune system to fight them.",

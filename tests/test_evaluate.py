@@ -126,8 +126,6 @@ def test_perplexity_is_exp_mean_token_nll(tiny) -> None:
 
 def make_run(root: Path, model_dir: Path, data_dir: Path) -> Path:
     """A finished run directory as `sift train` leaves it: spec.yaml and model/."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     run = root / "run"
     spec = RunSpec(
         app="unlearning", model={"name": str(model_dir)}, data={"path": str(data_dir), "max_length": 64},

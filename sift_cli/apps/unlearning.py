@@ -218,10 +218,14 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     data_path = Path(spec.data.path)
     if (data_path / "manifest.json").is_file():
         data = load_prepared(data_path, APP)
-        results["perplexity"] = {
-            name: perplexity(model, tokenizer, [row["text"] for row in data.rows(table)][: options.limit], spec.data.max_length, options.batch_size)
+        held_out = {
+            name: [row["text"] for row in data.rows(table)][: options.limit]
             for name, table in (("forget", "forget_eval"), ("retain", "retain_eval"))
-            if table in data.manifest["files"] and data.manifest["counts"][table] > 0
+            if data.manifest["counts"].get(table)
+        }
+        results["perplexity"] = {
+            name: perplexity(model, tokenizer, texts, spec.data.max_length, options.batch_size)
+            for name, texts in held_out.items()
         }
     return results
 

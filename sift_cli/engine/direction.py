@@ -22,7 +22,8 @@ COLD_POWER_ITERS = 3
 """Power iterations of a cold range finder: with 2k columns, ~0.5% error on 1/i spectra at k=128."""
 
 WARM_POWER_ITERS = 1
-"""Power iterations on top of last step's basis; the basis keeps converging across steps."""
+"""Power iterations on top of last step's basis; the basis keeps converging across steps (0.25-0.5%
+error at k=128 after 20 steps of the engine benchmark, against ~1-1.8% with no power iteration)."""
 
 Subspace = Literal["auto", "randomized"]
 
@@ -51,7 +52,7 @@ def sift_direction(m_f: Tensor, m_g: Tensor, k: int | None = None, exact: bool =
     products and as many QRs of width 2k per momentum instead of a full SVD, i.e. O(mnk) instead of
     O(mn min(m, n)); on momenta with 1/i spectra (the hard case: sigma_k ~ sigma_{k+1}) it stays within
     ~0.5% relative Frobenius error of the exact direction at k=128. It falls back to full SVDs when k is
-    None or 2k is not below min(m, n), where a sketch would cost as much. The optimizer does better per
+    None or the sketch (k + max(k, 10) columns) is not narrower than min(m, n). The optimizer does better per
     step: it warm-starts the iteration from the previous step's basis (see top_k_tracked).
     """
     if exact or not _sketch_pays(m_f.shape, k):
@@ -79,7 +80,7 @@ def top_k_tracked(
     subspace="auto": subspace iteration warm-started from the cached basis of this block, which keeps
     the leading warm_sketch_width(k) right singular vectors (WARM_POWER_ITERS when the cache is from
     the previous step, COLD_POWER_ITERS when it is older; a cold range finder of sketch_width(k)
-    columns when there is none); full SVD when k is None or 2k >= min(m, n).
+    columns when there is none); full SVD when k is None or sketch_width(k) >= min(m, n).
     subspace="randomized": a cold randomized range finder every step, no cache: stateless and
     reproducible, slower for the same accuracy.
     """
