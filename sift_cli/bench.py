@@ -46,7 +46,7 @@ def released_code_direction(m_f: Tensor, m_g: Tensor, k: int | None) -> Tensor:
 class ReleasedCodeOptimizer(SiftOptimizer):
     """SiftOptimizer whose SIFT branch runs released_code_direction, for timing comparisons only."""
 
-    def _sift_direction(self, state: dict, m_f: Tensor, m_g: Tensor) -> Tensor:
+    def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> Tensor:
         return released_code_direction(m_f, m_g, self.cfg.k)
 
 

@@ -147,9 +147,12 @@ def _settings(spec: RunSpec) -> dict[str, Any]:
 
 
 def comparison_table(rows: dict[str, dict[str, Any]]) -> Table:
-    table = Table(title="RMU unlearning on SmolLM2-135M: base vs AdamW vs SIFT")
-    for column in ("model", "steps", "lr", "train s", "forget acc ↓", "forget ppl ↑", "retain acc ↑", "retain ppl ↓",
-                   "retain MSE f", "forget MSE g"):
+    """One row per model; narrow enough for an 80-column terminal."""
+    steps = next((row["steps"] for row in rows.values() if "steps" in row), "-")
+    table = Table(title=f"RMU unlearning on SmolLM2-135M, {steps} steps: base vs AdamW vs SIFT")
+    columns = ("model", "lr", "train\ns", "forget\nacc ↓", "forget\nppl ↑", "retain\nacc ↑", "retain\nppl ↓",
+               "retain\nMSE f", "forget\nMSE g")
+    for column in columns:
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, row in rows.items():
         metrics = row["metrics"]
@@ -159,13 +162,12 @@ def comparison_table(rows: dict[str, dict[str, Any]]) -> Table:
         perplexity = metrics["perplexity"]
         table.add_row(
             name,
-            str(row.get("steps", "-")),
             f"{row['lr']:.0e}" if "lr" in row else "-",
             f"{row['train_seconds']:.0f}" if "train_seconds" in row else "-",
             f"{accuracy['forget']:.0%}",
-            f"{perplexity['forget']:.1f}",
+            f"{perplexity['forget']:,.0f}",
             f"{accuracy['retain']:.0%}",
-            f"{perplexity['retain']:.1f}",
+            f"{perplexity['retain']:,.1f}",
             f"{row['final_loss_f']:.3g}" if "final_loss_f" in row else "-",
             f"{row['final_loss_g']:.3g}" if "final_loss_g" in row else "-",
         )

@@ -11,11 +11,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sift_cli.engine import route_parameters
 from sift_cli.errors import SiftError
 from sift_cli.models import resolve_model_path
 from sift_cli.spec import RunSpec
-from sift_cli.train import check_k_fits, optimizer_config, select_trainable, trainable_regex
+from sift_cli.train import plan_routes, select_trainable, trainable_regex
 
 FP32_BYTES = 4
 
@@ -26,6 +25,8 @@ class PlanRow:
     shape: tuple[int, ...]
     route: str
     candidate: bool
+    blocks: tuple[tuple[str, tuple[int, int]], ...] = ()
+    """(label, shape) of the row slices a fused matrix is gated as; empty when the matrix is one block."""
 
 
 def meta_model(spec: RunSpec) -> torch.nn.Module:
@@ -46,14 +47,16 @@ def meta_model(spec: RunSpec) -> torch.nn.Module:
 def plan(spec: RunSpec, model: torch.nn.Module) -> list[PlanRow]:
     """Every parameter with its route: spectral (Muon/SIFT), AdamW, or frozen."""
     named = select_trainable(model, trainable_regex(spec))
-    check_k_fits(named, spec.optim)
-    routes = {route.name: route for route in route_parameters(named, optimizer_config(spec.optim))}
+    routes = {route.name: route for route in plan_routes(named, spec.optim, getattr(model, "config", None))}
     rows = []
     for name, param in model.named_parameters():
         route = routes.get(name)
         kind = "frozen" if route is None else ("adamw" if spec.optim.method in ("adamw", "blur") else route.kind)
         candidate = bool(route and route.kind == "spectral" and route.candidate and spec.optim.method == "sift")
-        rows.append(PlanRow(name, tuple(param.shape), kind, candidate))
+        blocks = ()
+        if kind == "spectral" and route.splits:
+            blocks = tuple((label, block.shape) for (label, _), block in zip(route.splits, route.blocks()))
+        rows.append(PlanRow(name, tuple(param.shape), kind, candidate, blocks))
     return rows
 
 
@@ -69,8 +72,9 @@ def state_bytes(rows: list[PlanRow], k: int | None) -> dict[str, int]:
         if row.route == "spectral":
             totals["momenta"] += 2 * numel * FP32_BYTES
             if row.candidate:
-                rank = min(row.shape) if k is None else min(k, *row.shape)
-                totals["subspace caches"] += 2 * (row.shape[0] + row.shape[1]) * rank * FP32_BYTES
+                for m, n in [shape for _, shape in row.blocks] or [row.shape]:
+                    rank = min(m, n) if k is None else min(k, m, n)
+                    totals["subspace caches"] += 2 * (m + n) * rank * FP32_BYTES
         else:
             totals["adamw moments"] += 2 * numel * FP32_BYTES
     return totals
@@ -85,7 +89,8 @@ def print_dry_run(spec: RunSpec, console: Console) -> None:
         table.add_column(column)
     for row in rows:
         style = "dim" if row.route == "frozen" else None
-        table.add_row(row.name, "x".join(map(str, row.shape)), row.route, "yes" if row.candidate else "", style=style)
+        route = row.route + (f" ({' | '.join(label for label, _ in row.blocks)} gated apart)" if row.blocks else "")
+        table.add_row(row.name, "x".join(map(str, row.shape)), route, "yes" if row.candidate else "", style=style)
     console.print(table)
     trained = [row for row in rows if row.route != "frozen"]
     counts = {kind: sum(row.route == kind for row in rows) for kind in ("spectral", "adamw", "frozen")}

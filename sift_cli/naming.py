@@ -30,8 +30,12 @@ def layer_index(name: str) -> int:
 def component(name: str) -> str:
     """Short component label (q, k, v, o, gate, up, down, qkv...) of a parameter name.
 
-    Falls back to the module's own name so unknown architectures still get a readable label.
+    Falls back to the module's own name so unknown architectures still get a readable label. A row slice
+    of a fused matrix, `...query_key_value.weight[q]`, is labelled by both: `qkv.q`.
     """
+    if name.endswith("]") and "[" in name:
+        base, label = name[:-1].rsplit("[", 1)
+        return f"{component(base)}.{label}"
     parts = name.split(".")
     module = parts[-2] if len(parts) >= 2 and parts[-1] in ("weight", "bias") else parts[-1]
     return COMPONENTS.get(module, module)

@@ -48,9 +48,12 @@ class OptimSpec(_Strict):
     lam: float = Field(1.0, ge=0, description="weight of f in lam*f + g")
     blur_alpha: float = 1.0
     sift_regex: str = ".*"
-    adamw_regex: str = r"(embed|lm_head|wte|wpe|norm|bias)"
+    adamw_regex: str = r"(embed|lm_head|output_layer|wte|wpe|norm|bias)"
     exact: bool = False
     subspace: str = "auto"
+    split_fused_qkv: bool = Field(
+        True, description="gate the Q, K and V row slices of a fused query_key_value matrix (GLM) as separate blocks"
+    )
 
     @model_validator(mode="after")
     def _gate_is_a_conflict(self) -> "OptimSpec":

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 
 import sift_cli
-from sift_cli import naming
+from sift_cli import fused_qkv, naming
 from sift_cli.apps import get_app
 from sift_cli.apps.base import Batch, Objectives
 from sift_cli.atomic import write_json, write_text, write_with
@@ -69,8 +69,13 @@ class IndexStream:
         return self._cached
 
 
-def optimizer_config(optim: OptimSpec) -> OptimizerConfig:
-    return OptimizerConfig(**optim.model_dump())
+def optimizer_config(optim: OptimSpec, model_config: Any = None) -> OptimizerConfig:
+    """The engine's config of a spec's optim section; a fused query_key_value matrix of `model_config`
+    (GLM) is split into its Q, K and V row blocks unless optim.split_fused_qkv is false."""
+    fields = optim.model_dump()
+    split = fields.pop("split_fused_qkv")
+    splits = fused_qkv.block_splits(model_config) if split and model_config is not None else {}
+    return OptimizerConfig(**fields, block_splits={pattern: tuple(rows) for pattern, rows in splits.items()})
 
 
 def trainable_regex(spec: RunSpec) -> str:
@@ -90,16 +95,25 @@ def select_trainable(model: nn.Module, pattern: str) -> list[tuple[str, nn.Param
     return named
 
 
-def check_k_fits(named: Sequence[tuple[str, nn.Parameter]], optim: OptimSpec) -> None:
-    """SIFT's top-K subspaces must exist in every candidate block: K <= min(m, n)."""
+def plan_routes(named: Sequence[tuple[str, nn.Parameter]], optim: OptimSpec, model_config: Any) -> list[Route]:
+    """Every trained parameter's route, after checking that SIFT's top-K subspaces exist in every
+    candidate block (a row slice of a fused matrix included): K <= min(m, n)."""
+    try:
+        routes = route_parameters(list(named), optimizer_config(optim, model_config))
+    except ValueError as exc:
+        raise SiftError(f"{exc}; set optim.split_fused_qkv: false to train the fused matrix as one block") from None
     if optim.method != "sift" or optim.k is None:
-        return
-    for route in route_parameters(named, optimizer_config(optim)):
-        if route.kind == "spectral" and route.candidate and optim.k > min(route.shape):
-            raise SiftError(
-                f"optim.k={optim.k} is larger than block {route.name} {tuple(route.shape)} allows "
-                f"(at most {min(route.shape)}); lower --k or use --set optim.k=null for full rank"
-            )
+        return routes
+    for route in routes:
+        if route.kind != "spectral" or not route.candidate:
+            continue
+        for block in route.blocks():
+            if optim.k > min(block.shape):
+                raise SiftError(
+                    f"optim.k={optim.k} is larger than block {block.name} {block.shape} allows "
+                    f"(at most {min(block.shape)}); lower --k or use --set optim.k=null for full rank"
+                )
+    return routes
 
 
 def lr_multiplier(train: Any) -> Callable[[int], float]:
@@ -188,14 +202,14 @@ class Trainer:
         # An app may replace modules while building its objectives (new token embeddings), so the
         # trained parameters are collected again afterwards.
         self.named = select_trainable(self.model, trainable_regex(spec))
-        check_k_fits(self.named, spec.optim)
+        model_config = getattr(self.model, "config", None)
+        routes = plan_routes(self.named, spec.optim, model_config)
         for module in self.objectives.modules:
             module.to(self.device)
-        config = optimizer_config(spec.optim)
         self.spectral: dict[str, Route] = {
-            route.name: route for route in route_parameters(self.named, config) if route.kind == "spectral"
+            block.name: route for route in routes if route.kind == "spectral" for block in route.blocks()
         }
-        self.optimizer = SiftOptimizer(self.named, config)
+        self.optimizer = SiftOptimizer(self.named, optimizer_config(spec.optim, model_config))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(spec.train))
         seed = spec.train.seed
         self.streams = {
@@ -359,6 +373,8 @@ def train(spec: RunSpec, console: Console | None = None, resume: bool = False) -
     console = console or Console()
     run = prepare_run_dir(spec, resume)
     trainer = Trainer(spec, run, console)
+    for note in trainer.objectives.notes:
+        console.print(note)
     checkpoint = latest_checkpoint(run) if resume else None
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)

@@ -422,3 +422,43 @@ def test_config_rejects_unknown_choices():
     for overrides in bad:
         with pytest.raises(ValueError):
             OptimizerConfig(**overrides)
+
+
+@pytest.mark.parametrize("method", ["sift", "muon"])
+def test_fused_matrix_split_steps_like_its_slices_as_separate_blocks(method):
+    """A [q | k | v] matrix with block_splits must update exactly as three separate parameters would:
+    its own gate, direction, scale and subspace cache per slice, one report per slice."""
+    splits = (("q", 16), ("k", 8), ("v", 8))
+    gen = torch.Generator().manual_seed(3)
+    fused = [("attn.qkv.weight", nn.Parameter(torch.randn(32, 24, generator=gen)))]
+    slices = fused[0][1].detach().split([rows for _, rows in splits])
+    parts = [(f"attn.{label}.weight", nn.Parameter(w.clone())) for (label, _), w in zip(splits, slices)]
+    taus = {"q": 0.6, "k": -0.7, "v": -0.3}
+    separate_stream = []
+    for step in grad_stream(parts, 6, tau=0.0, seed=4):
+        grads = {}
+        for label, _ in splits:
+            g_f, _ = step[f"attn.{label}.weight"]
+            other = decaying(*g_f.shape, gen)
+            other = other * (g_f.norm() / other.norm())
+            grads[f"attn.{label}.weight"] = (g_f, taus[label] * g_f + math.sqrt(1 - taus[label] ** 2) * other)
+        separate_stream.append(grads)
+    fused_stream = [
+        {"attn.qkv.weight": tuple(torch.cat([g[f"attn.{label}.weight"][i] for label, _ in splits]) for i in (0, 1))}
+        for g in separate_stream
+    ]
+    cfg = OptimizerConfig(method=method, lr=0.05, k=4, eps=-0.2, weight_decay=0.1)
+    _, split_reports = run(fused, replace(cfg, block_splits={r"qkv\.weight$": splits}), fused_stream)
+    _, part_reports = run(parts, cfg, separate_stream)
+    torch.testing.assert_close(fused[0][1].detach(), torch.cat([p.detach() for _, p in parts]), rtol=1e-5, atol=1e-6)
+    last = split_reports[-1].blocks
+    assert [b.name for b in last] == ["attn.qkv.weight[q]", "attn.qkv.weight[k]", "attn.qkv.weight[v]"]
+    assert [b.shape for b in last] == [(16, 24), (8, 24), (8, 24)]
+    assert [b.branch for b in last] == [b.branch for b in part_reports[-1].blocks]
+    assert [b.branch for b in last] == (["muon", "sift", "sift"] if method == "sift" else ["muon"] * 3)
+
+
+def test_block_splits_must_cover_the_rows():
+    named = [("attn.qkv.weight", nn.Parameter(torch.zeros(30, 8)))]
+    with pytest.raises(ValueError, match="cover 32 rows but the matrix has 30"):
+        route_parameters(named, OptimizerConfig(block_splits={"qkv": (("q", 16), ("k", 8), ("v", 8))}))

@@ -266,6 +266,9 @@ def test_precomputed_reference_equals_the_live_frozen_model(tiny: Any, prepared:
     pre = safety.build_objectives(model, tokenizer, make_spec(prepared), data)
     live = safety.build_objectives(model, tokenizer, make_spec(prepared, precompute_reference=False), data)
     assert pre.modules == [] and len(live.modules) == 1
+    gib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    assert f"no frozen model copy ({gib:.2f} GiB)" in pre.notes[0]
+    assert f"frozen reference copy kept: {gib:.2f} GiB" in live.notes[0]
     reference = live.modules[0]
     assert not any(p.requires_grad for p in reference.parameters())
     batch = pre.collate_g(pre.g_data)

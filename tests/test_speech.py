@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from conftest import tiny_llama, tiny_tokenizer
 from typer.testing import CliRunner
 
@@ -27,7 +28,11 @@ from sift_cli.errors import SiftError
 from sift_cli.prepared import load_prepared
 from sift_cli.rundir import RunDir
 from sift_cli.spec import resolve_spec
-from sift_cli.speech import answers, output, prompts, qkv, sources, tts, whisper_vq
+from sift_cli import fused_qkv as qkv
+from sift_cli import naming
+from sift_cli.spec import OptimSpec
+from sift_cli.train import plan_routes
+from sift_cli.speech import answers, output, prompts, sources, tts, whisper_vq
 from sift_cli.speech.audio import Audio, resample
 from sift_cli.speech.tokens import (
     BEGIN_AUDIO,
@@ -285,6 +290,25 @@ def test_qkv_row_splits_of_glm_4_voice() -> None:
         qkv.glm_qkv_rows({**GLM_VOICE_CONFIG, "multi_query_attention": False})
     with pytest.raises(SiftError, match="does not divide"):
         qkv.glm_qkv_rows({**GLM_VOICE_CONFIG, "multi_query_group_num": 3})
+
+
+def test_training_plan_gates_glm_qkv_slices_apart() -> None:
+    """`sift train` routes GLM's fused matrix as three blocks, checks K against each slice, and logs
+    them under components qkv.q / qkv.k / qkv.v; optim.split_fused_qkv=false keeps one block."""
+    name = "transformer.encoder.layers.3.self_attention.query_key_value.weight"
+    named = [(name, nn.Parameter(torch.empty(4608, 4096, device="meta")))]
+    optim = OptimSpec(k=128)
+    (route,) = plan_routes(named, optim, GLM_VOICE_CONFIG)
+    blocks = route.blocks()
+    assert [(b.name, b.shape) for b in blocks] == [
+        (f"{name}[q]", (4096, 4096)), (f"{name}[k]", (256, 4096)), (f"{name}[v]", (256, 4096))
+    ]
+    assert [naming.component(b.name) for b in blocks] == ["qkv.q", "qkv.k", "qkv.v"]
+    assert {naming.layer_index(b.name) for b in blocks} == {3}
+    with pytest.raises(SiftError, match=r"optim.k=512 is larger than block .*query_key_value.weight\[k\] \(256, 4096\)"):
+        plan_routes(named, OptimSpec(k=512), GLM_VOICE_CONFIG)
+    (whole,) = plan_routes(named, OptimSpec(k=512, split_fused_qkv=False), GLM_VOICE_CONFIG)
+    assert [b.name for b in whole.blocks()] == [name]
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,8 @@ class Objectives:
     loss_g: Loss
     modules: list[nn.Module] = field(default_factory=list)
     """Extra modules the losses use (e.g. a frozen reference model) that must follow the model's device."""
+    notes: list[str] = field(default_factory=list)
+    """One-line facts about how the objectives were built (e.g. what a memory saving saved), printed at start."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -301,10 +302,20 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
     f_data = [sft_example(tokenizer, row, options.template, sft_length) for row in sft_rows]
     g_data = [dpo_example(tokenizer, row, options.template, dpo_length) for row in dpo_rows]
     reference = None
+    copy_gib = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**30
     if options.precompute_reference:
+        started = time.perf_counter()
         precompute_reference(model, g_data, pad_id, spec.train.batch_size)
+        note = (
+            f"reference log-probs of {len(g_data)} DPO pairs precomputed in {time.perf_counter() - started:.1f} s: "
+            f"no frozen model copy ({copy_gib:.2f} GiB) and no reference forward pass per step"
+        )
     else:
         reference = frozen_copy(model)
+        note = (
+            f"frozen reference copy kept: {copy_gib:.2f} GiB more memory and a reference forward pass per DPO batch "
+            "(objective.precompute_reference: true avoids both)"
+        )
     return Objectives(
         f_data=f_data,
         g_data=g_data,
@@ -313,6 +324,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
         loss_f=sft_loss,
         loss_g=make_dpo_loss(options.beta, reference),
         modules=[reference] if reference is not None else [],
+        notes=[note],
     )
 
 

@@ -4,10 +4,11 @@ from .direction import sift_direction, sift_direction_reference
 from .linalg import alignment, msign, msign_exact, pseudo_polar
 from .optimizer import BlockReport, OptimizerConfig, SiftOptimizer, StepReport, spectral_scale
 from .pome import pome_edit
-from .routing import Route, route_parameters
+from .routing import Block, Route, route_parameters
 from .updates import blur_combine
 
 __all__ = [
+    "Block",
     "BlockReport",
     "OptimizerConfig",
     "Route",

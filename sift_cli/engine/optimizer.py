@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .direction import Subspace, combine_subspaces, sift_direction, top_k_tracked
 from .linalg import alignment, msign
-from .routing import route_parameters
+from .routing import Block, RowSplits, Route, route_parameters
 from .updates import adamw_update, blur_combine
 
 Method = Literal["sift", "muon", "adamw", "blur"]
@@ -32,6 +32,9 @@ class OptimizerConfig:
     subspace: how the fast SIFT path finds top-k subspaces, "auto" (warm-started subspace iteration per
     block, full SVD when k is None or k + max(k, 10) >= min(m, n)) or "randomized" (cold range finder
     every step, no cache); exact=True takes full SVDs instead.
+    block_splits: {parameter-name regex: ((label, rows), ...)} for fused matrices (GLM's query_key_value)
+    whose row slices each get their own momentum alignment, gate, direction and scale, and are reported
+    as `name[label]`.
     """
 
     method: Method = "sift"
@@ -49,9 +52,10 @@ class OptimizerConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     sift_regex: str = r".*"
-    adamw_regex: str = r"(embed|lm_head|wte|wpe|norm|bias)"
+    adamw_regex: str = r"(embed|lm_head|output_layer|wte|wpe|norm|bias)"
     exact: bool = False
     subspace: Subspace = "auto"
+    block_splits: dict[str, RowSplits] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         choices: dict[str, tuple[Any, ...]] = {
@@ -69,7 +73,8 @@ class OptimizerConfig:
 
 @dataclass(frozen=True)
 class BlockReport:
-    """tau_momentum is nan for AdamW-routed parameters, which keep no per-objective momenta."""
+    """One gated block (a parameter, or a row slice `name[label]` of a fused one). tau_momentum is nan
+    for AdamW-routed parameters, which keep no per-objective momenta."""
 
     name: str
     shape: tuple[int, ...]
@@ -118,7 +123,7 @@ class SiftOptimizer(torch.optim.Optimizer):
         super().__init__(groups, {"lr": cfg.lr, "weight_decay": cfg.weight_decay})
         self.cfg = cfg
         self._names = {p: name for name, p in named_params}
-        self._candidate = {p: r.candidate for (_, p), r in zip(named_params, routes)}
+        self._routes: dict[nn.Parameter, Route] = {p: r for (_, p), r in zip(named_params, routes)}
         self._acc: dict[str, dict[nn.Parameter, Tensor]] = {"f": {}, "g": {}}
 
     def _params(self) -> list[nn.Parameter]:
@@ -153,19 +158,16 @@ class SiftOptimizer(torch.optim.Optimizer):
         members = [(group, p) for group in self.param_groups for p in group["params"]]
         grads_f = [self._take("f", p) for _, p in members]
         grads_g = [self._take("g", p) for _, p in members]
-        taus = [alignment(f, g) for f, g in zip(grads_f, grads_g)]
         combined = blur_combine(grads_f, grads_g, cfg.blur_alpha) if cfg.method == "blur" else []
         blocks = []
         for i, (group, p) in enumerate(members):
             if group["name"] == "spectral" and cfg.method in ("sift", "muon"):
-                branch, tau_m = self._spectral_step(p, grads_f[i], grads_g[i], taus[i], group)
-            else:
-                grad = combined[i] if cfg.method == "blur" else grads_f[i].mul_(cfg.lam).add_(grads_g[i])
-                adamw_update(
-                    p, grad, self.state[p], group["lr"], cfg.betas, cfg.adam_eps, group["weight_decay"]
-                )
-                branch, tau_m = "adamw", math.nan
-            blocks.append(BlockReport(self._names[p], tuple(p.shape), taus[i], tau_m, branch))
+                blocks.extend(self._spectral_step(p, grads_f[i], grads_g[i], group))
+                continue
+            tau_grad = alignment(grads_f[i], grads_g[i])
+            grad = combined[i] if cfg.method == "blur" else grads_f[i].mul_(cfg.lam).add_(grads_g[i])
+            adamw_update(p, grad, self.state[p], group["lr"], cfg.betas, cfg.adam_eps, group["weight_decay"])
+            blocks.append(BlockReport(self._names[p], tuple(p.shape), tau_grad, math.nan, "adamw"))
         if any(p.is_cuda for _, p in members):
             torch.cuda.synchronize()
         n_sift = sum(block.branch == "sift" for block in blocks)
@@ -179,61 +181,71 @@ class SiftOptimizer(torch.optim.Optimizer):
         buf.mul_(beta).add_(grad)
         return grad.add(buf, alpha=beta) if self.cfg.nesterov else buf
 
-    def _spectral_step(
-        self, p: nn.Parameter, grad_f: Tensor, grad_g: Tensor, tau_grad: float, group: dict
-    ) -> tuple[Branch, float]:
+    def _spectral_step(self, p: nn.Parameter, grad_f: Tensor, grad_g: Tensor, group: dict) -> list[BlockReport]:
+        """Momenta of the whole parameter; gate, direction and scale per block (a row slice of a fused
+        matrix is a block of its own shape, so its update is orthogonal on its own)."""
         cfg = self.cfg
+        route = self._routes[p]
         state = self.state[p]
         state["step"] = state.get("step", 0) + 1
         m_f = self._momentum(state, "momentum_f", grad_f)
         m_g = self._momentum(state, "momentum_g", grad_g)
-        tau_m = alignment(m_f, m_g)
-        tau = tau_grad if cfg.tau_source == "grad" else tau_m
-        if cfg.method == "sift" and self._candidate[p] and tau < cfg.eps:
-            direction = self._sift_direction(state, m_f, m_g)
-            branch: Branch = "sift"
-        else:
-            direction = msign(cfg.lam * m_f + m_g)
-            branch = "muon"
         lr = group["lr"]
         work = p.data if p.dtype == torch.float32 else p.data.float()
         work.mul_(1 - lr * group["weight_decay"])
-        work.add_(direction.to(torch.float32), alpha=-lr * spectral_scale(tuple(p.shape), cfg.scale_rule))
+        reports = []
+        for block in route.blocks():
+            rows = block.rows
+            tau_grad = alignment(grad_f[rows], grad_g[rows])
+            tau_m = alignment(m_f[rows], m_g[rows])
+            tau = tau_grad if cfg.tau_source == "grad" else tau_m
+            if cfg.method == "sift" and route.candidate and tau < cfg.eps:
+                direction = self._sift_direction(state, _cache_suffix(route, block), m_f[rows], m_g[rows])
+                branch: Branch = "sift"
+            else:
+                direction = msign(cfg.lam * m_f[rows] + m_g[rows])
+                branch = "muon"
+            work[rows].add_(direction.to(torch.float32), alpha=-lr * spectral_scale(block.shape, cfg.scale_rule))
+            reports.append(BlockReport(block.name, block.shape, tau_grad, tau_m, branch))
         if work is not p.data:
             p.data.copy_(work)
-        return branch, tau_m
+        return reports
 
-    def _sift_direction(self, state: dict, m_f: Tensor, m_g: Tensor) -> Tensor:
-        """SIFT direction of one block; the fast path keeps a per-block, per-objective basis cache.
+    def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> Tensor:
+        """SIFT direction of one block; the fast path keeps a per-block, per-objective basis cache
+        (state keys basis_f, basis_g, basis_step, each followed by the block's `suffix`).
 
         A cache is "fresh" when it was refreshed at the previous step; an older one (the block took the
         Muon branch meanwhile) still beats a random start but gets the cold number of power iterations."""
         cfg = self.cfg
         if cfg.exact:
             return sift_direction(m_f, m_g, cfg.k, exact=True)
-        fresh = state.get("basis_step") == state["step"] - 1
+        fresh = state.get(f"basis_step{suffix}") == state["step"] - 1
         tops = []
         for key, m in (("basis_f", m_f), ("basis_g", m_g)):
-            top, basis = top_k_tracked(m, cfg.k, state.get(key), fresh, cfg.subspace)
+            top, basis = top_k_tracked(m, cfg.k, state.get(key + suffix), fresh, cfg.subspace)
             if basis is not None:
-                state[key] = basis
+                state[key + suffix] = basis
             tops.append(top)
-        state["basis_step"] = state["step"]
+        state[f"basis_step{suffix}"] = state["step"]
         return combine_subspaces(*tops)
 
     @torch.no_grad()
     def momentum_singular_values(self, names: list[str] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
         """Singular values (on CPU) of the momentum buffers (B_f, B_g) of the spectral blocks that have
-        stepped, for effective-rank logging."""
+        stepped, by block name (a fused matrix per row slice), for effective-rank logging."""
         wanted = None if names is None else set(names)
         out = {}
         spectral = next(group for group in self.param_groups if group["name"] == "spectral")
         for p in spectral["params"]:
-            name = self._names[p]
             state = self.state.get(p, {})
-            if "momentum_f" not in state or (wanted is not None and name not in wanted):
+            if "momentum_f" not in state:
                 continue
-            out[name] = tuple(torch.linalg.svdvals(state[key]).cpu() for key in ("momentum_f", "momentum_g"))
+            for block in self._routes[p].blocks():
+                if wanted is None or block.name in wanted:
+                    out[block.name] = tuple(
+                        torch.linalg.svdvals(state[key][block.rows]).cpu() for key in ("momentum_f", "momentum_g")
+                    )
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -249,3 +261,8 @@ class SiftOptimizer(torch.optim.Optimizer):
                 key: value.detach().to(device=p.device, copy=True) if torch.is_tensor(value) else value
                 for key, value in saved.items()
             }
+
+
+def _cache_suffix(route: Route, block: Block) -> str:
+    """State-key suffix of a block's subspace cache: "" for a whole matrix, "[label]" for a row slice."""
+    return block.name[len(route.name):]

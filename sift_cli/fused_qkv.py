@@ -1,5 +1,8 @@
 """Row splits of GLM's fused attention matrix, so the optimizer can gate Q, K and V as separate blocks.
 
+`sift train` passes block_splits(model.config) to the optimizer unless the spec sets
+optim.split_fused_qkv: false; other architectures have nothing fused and get no splits.
+
 ChatGLM/GLM-4 computes `query_key_value(x)` and splits its output as [Q | K | V] along the rows of the
 weight: Q has num_attention_heads * head_dim rows, K and V each multi_query_group_num * head_dim (grouped
 query attention). The paper's localization figures show Q, K and V apart, so each slice gets its own
