@@ -10,7 +10,7 @@ from torch import Tensor
 from .linalg import (
     TopK,
     gaussian_start,
-    gram_inv_sqrt,
+    pseudo_polar,
     pseudo_polar_reference,
     sketch_width,
     top_k_sketch,
@@ -29,14 +29,13 @@ Subspace = Literal["auto", "randomized"]
 
 
 def combine_subspaces(f: TopK, g: TopK) -> Tensor:
-    """D = U G_U^{+1/2} G_V^{+1/2} V^T with U = [U_f, U_g], V = [V_f, V_g].
+    """D = msign(U) msign(V)^T with U = [U_f, U_g], V = [V_f, V_g].
 
-    msign(U) = U (U^T U)^{+1/2}, so only two 2K x 2K eigendecompositions are needed, never an SVD of
-    the m x 2K bases."""
+    Each msign comes from the basis's smaller Gram matrix (pseudo_polar): two eigendecompositions of
+    at most 2K x 2K, never an SVD of the m x 2K bases."""
     u = torch.cat([f.u, g.u], dim=1)
     v = torch.cat([f.v, g.v], dim=1)
-    w = gram_inv_sqrt(u) @ gram_inv_sqrt(v)
-    return (u @ w.to(u.dtype)) @ v.mT
+    return pseudo_polar(u) @ pseudo_polar(v).mT
 
 
 def _sketch_pays(shape: torch.Size, k: int | None) -> bool:

@@ -97,11 +97,17 @@ def gram_inv_sqrt(u: Tensor, rtol: float = EIG_RTOL) -> Tensor:
 
 
 def pseudo_polar(u: Tensor, rtol: float = EIG_RTOL) -> Tensor:
-    """msign of a tall basis through its small Gram matrix: msign(U) = U (U^T U)^{+1/2}.
+    """msign of a basis through its smaller Gram matrix: U (U^T U)^{+1/2}, or (U U^T)^{+1/2} U when U
+    is wider than tall.
 
-    U^T U is only as wide as U, so this costs one thin product and a small eigendecomposition instead of
-    an SVD of U. The pseudo-inverse gives overlapping columns (shared directions) a defined answer."""
+    The Gram matrix is only as large as U's short side, so this costs one product and a small
+    eigendecomposition instead of an SVD of U. Both Gram matrices have the same nonzero eigenvalues, so
+    the floor drops the same directions either way. At full K the merged basis [U_f, U_g] has twice as
+    many columns as rows, and its row Gram matrix is 8x cheaper to decompose. The pseudo-inverse gives
+    overlapping columns (shared directions) a defined answer."""
     dtype = compute_dtype(u)
+    if u.shape[-2] < u.shape[-1]:
+        return gram_inv_sqrt(u.mT, rtol).to(dtype) @ u.to(dtype)
     return u.to(dtype) @ gram_inv_sqrt(u, rtol).to(dtype)
 
 
