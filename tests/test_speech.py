@@ -311,6 +311,28 @@ def test_training_plan_gates_glm_qkv_slices_apart() -> None:
     assert [b.name for b in whole.blocks()] == [name]
 
 
+def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
+    from sift_cli.dryrun import plan, state_bytes
+
+    class TinyGlm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = {**GLM_VOICE_CONFIG, "num_attention_heads": 4, "hidden_size": 32, "kv_channels": 8}
+            layer = nn.Module()
+            layer.self_attention = nn.Module()
+            layer.self_attention.query_key_value = nn.Linear(32, 64, bias=False)
+            self.transformer = nn.Module()
+            self.transformer.encoder = nn.Module()
+            self.transformer.encoder.layers = nn.ModuleList([layer])
+
+    spec = resolve_spec(app="speech", assignments=["optim.k=null", r"train.trainable=query_key_value\.weight"])
+    (row,) = plan(spec, TinyGlm())
+    assert row.route == "spectral" and row.candidate
+    assert row.blocks == (("q", (32, 32)), ("k", (16, 32)), ("v", (16, 32)))
+    caches = 2 * ((32 + 32) * 32 + 2 * (16 + 32) * 16) * 4
+    assert state_bytes([row], k=None)["subspace caches"] == caches
+
+
 @pytest.mark.parametrize(
     ("name", "trained"),
     [
@@ -602,7 +624,6 @@ def test_cli_rejects_an_unknown_dataset_in_one_line(tmp_path: Path) -> None:
     assert "choose one of: cose, esnli, openbookqa" in result.output
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
 def test_cli_prepares_esnli_with_espeak_and_the_local_tokenizer(tmp_path: Path, fixtures: dict[str, Path]) -> None:
     args = ["prepare", "speech", "--dataset", "esnli", "--source", str(fixtures["esnli"]), "--tts", "espeak"]
