@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import functools
 import sys
 from pathlib import Path
@@ -261,7 +259,6 @@ def demo(
     steps: Optional[int] = typer.Option(None, help="override the demo's number of steps"),
 ) -> None:
     """Offline unlearning demo on SmolLM2-135M: SIFT vs AdamW, one comparison table."""
-    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request bars would bury the demo's own output
     from sift_cli.demo import run_demo
 
     run_demo(output, console=console, steps=steps)

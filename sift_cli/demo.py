@@ -96,13 +96,21 @@ def demo_spec(method: str, data: Path, output: Path, steps: int | None) -> RunSp
 
 
 def run_demo(output: Path, console: Console | None = None, steps: int | None = None) -> dict[str, Any]:
-    """Prepare the data, score the base model, train AdamW and SIFT, score both; print one table."""
+    """Prepare the data, score the base model, train AdamW and SIFT, score both; print one table.
+
+    Library progress bars (weight loading, shard writing, dataset maps, lm-eval requests) are switched
+    off so that the demo's own progress and table are what the user reads."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
     console = console or Console()
     started = time.perf_counter()
     output = Path(output)
     claim_output(output)
     data, tasks = write_demo_data(output / "data")
-    options = EvalOptions(tasks=tasks, batch_size=8)
+    options = EvalOptions(tasks=tasks, batch_size=8, progress=False)
     specs = {method: demo_spec(method, data, output, steps) for method in METHODS}
 
     console.print(f"[bold]sift demo[/bold]: forget {demo_data.FORGET_TOPIC}, keep {demo_data.RETAIN_TOPIC}")

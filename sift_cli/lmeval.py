@@ -88,8 +88,12 @@ def run_tasks(
     tasks: list[str],
     limit: int | None = None,
     batch_size: int = 8,
+    progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Evaluate `model` on lm-eval task names and/or local MCQ files: {task: {metric: value}}.
+
+    progress=False silences lm-eval's per-request progress bars (it passes `disable` to tqdm itself,
+    so tqdm's environment switch cannot).
 
     Only the built-in index is loaded when a
     built-in name is asked for (indexing every built-in task costs seconds).
@@ -115,7 +119,7 @@ def run_tasks(
             f"unknown lm-eval task {unknown[0]!r}; use a built-in name (e.g. wmdp_bio, mmlu) or a local .jsonl MCQ file"
         )
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm = (HFLM if progress else _quiet_hflm())(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         output = simple_evaluate(
             model=lm, tasks=specs, task_manager=manager, limit=limit, log_samples=False, verbosity="ERROR"
@@ -138,3 +142,20 @@ def _metrics(output: dict[str, Any], name: str) -> dict[str, float]:
         for key, value in raw.items()
         if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+
+
+def _quiet_hflm() -> type:
+    """HFLM whose request loops never draw a progress bar."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM

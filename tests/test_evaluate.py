@@ -76,6 +76,15 @@ def test_local_mcq_accuracy_matches_manual_argmax(tiny, mcq_file: Path) -> None:
     assert "acc_norm" in results["toy_mcq_cloze"]
 
 
+def test_quiet_evaluation_draws_no_progress_bars_and_scores_the_same(tiny, mcq_file: Path, capfd) -> None:
+    model, tokenizer = tiny
+    loud = lmeval.run_tasks(model, tokenizer, [f"cloze:{mcq_file}"], batch_size=4)
+    assert "Running loglikelihood requests" in capfd.readouterr().err
+    quiet = lmeval.run_tasks(model, tokenizer, [f"cloze:{mcq_file}"], batch_size=4, progress=False)
+    assert "Running loglikelihood requests" not in capfd.readouterr().err
+    assert quiet == loud
+
+
 def test_letter_prompt_is_wmdp_format(mcq_file: Path) -> None:
     from lm_eval.utils import apply_template
 

@@ -49,6 +49,8 @@ class EvalOptions:
     tasks: list[str] | None = None
     limit: int | None = None
     batch_size: int = 8
+    progress: bool = True
+    """Draw lm-eval's per-request progress bars (off where a caller prints its own summary, e.g. the demo)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -413,5 +413,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     if tasks:
         from sift_cli.lmeval import run_tasks
 
-        results["utility"] = run_tasks(model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size)
+        results["utility"] = run_tasks(
+            model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress
+        )
     return results

@@ -214,7 +214,9 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     tasks = DEFAULT_TASKS if options.tasks is None else options.tasks
     results: dict[str, Any] = {}
     if tasks:
-        results["lm_eval"] = lmeval.run_tasks(model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size)
+        results["lm_eval"] = lmeval.run_tasks(
+            model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress
+        )
     data_path = Path(spec.data.path)
     if (data_path / "manifest.json").is_file():
         data = load_prepared(data_path, APP)
