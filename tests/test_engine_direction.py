@@ -6,18 +6,8 @@ import torch
 from sift_cli.engine import msign_exact, sift_direction, sift_direction_reference
 from sift_cli.engine.direction import top_k_tracked
 from sift_cli.engine.linalg import sketch_width, top_k_svd, warm_sketch_width
+from helpers import F64, decaying, orthonormal
 
-F64 = torch.float64
-
-
-def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=F64)).Q
-
-
-def decaying(m: int, n: int, seed: int) -> torch.Tensor:
-    r = min(m, n)
-    return (orthonormal(m, r, seed) / torch.arange(1, r + 1, dtype=F64)) @ orthonormal(n, r, seed + 1).mT
 
 
 def conflicting_pair(m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,18 +16,8 @@ from sift_cli.engine.linalg import (
     top_k_sketch,
     top_k_svd,
 )
+from helpers import F64, decaying, orthonormal
 
-F64 = torch.float64
-
-
-def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=F64)).Q
-
-
-def decaying(m: int, n: int, seed: int) -> torch.Tensor:
-    r = min(m, n)
-    return (orthonormal(m, r, seed) / torch.arange(1, r + 1, dtype=F64)) @ orthonormal(n, r, seed + 1).mT
 
 
 def ns_reference(m: torch.Tensor) -> torch.Tensor:

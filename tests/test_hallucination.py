@@ -7,14 +7,15 @@ be worked out by hand from the fixture text.
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from typer.testing import CliRunner
+
+from helpers import serving
 
 from sift_cli.apps import hallucination, ragtruth
 from sift_cli.apps.base import EvalOptions
@@ -287,18 +288,12 @@ def test_prepare_downloads_from_a_url(tmp_path: Path) -> None:
 
     write_ragtruth(tmp_path / "site" / "dataset")
     handler = functools.partial(QuietFiles, directory=str(tmp_path / "site"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with serving(handler) as base:
         data = hallucination.prepare(tmp_path / "out", source=f"{base}/dataset")
         assert data.manifest["counts"] == {"train": 3, "test": 4}
         assert data.manifest["sources"]["ragtruth"] == f"{base}/dataset"
         with pytest.raises(SiftError, match="cannot download .*/missing/response.jsonl"):
             hallucination.prepare(tmp_path / "out2", source=f"{base}/missing")
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class QuietFiles(SimpleHTTPRequestHandler):
@@ -464,12 +459,8 @@ class ScriptedJudge(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def judge_url() -> Any:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedJudge)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with serving(ScriptedJudge) as url:
+        yield f"{url}/v1"
 
 
 def test_evaluate_counts_judge_errors_and_never_writes_the_key(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from helpers import serving
 
 from sift_cli.errors import SiftError
 from sift_cli.judge import JudgeError, OpenAICompatibleJudge, describe, make_judge
@@ -50,12 +50,8 @@ def completion(text: str) -> bytes:
 def server(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv(ENV, KEY)
     Server.script, Server.seen = [], []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Server)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1/"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(Server) as url:
+        yield f"{url}/v1/"
 
 
 def test_request_shape_and_key_from_the_named_variable(server: str) -> None:
