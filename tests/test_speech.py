@@ -603,7 +603,7 @@ def test_audio_outputs_go_through_decoder_and_asr(prepared: Path, tmp_path: Path
     )
     add_speech_tokens(model, tokenizer, 1024)
     generated = [[tokenizer.convert_tokens_to_ids(audio_token(5))] * 3]
-    monkeypatch.setattr("sift_cli.speech.generation.generate_ids", lambda *args, **kwargs: generated * 2)
+    monkeypatch.setattr("sift_cli.generate.generate_ids", lambda *args, **kwargs: generated * 2)
     results = speech.evaluate(model, tokenizer, spec, RunDir(tmp_path / "run"), EvalOptions(batch_size=2))
     assert results["settings"] == {"text->audio": {"accuracy": 0.5, "n": 2, "correct": 1, "unparsed": 0}}
     assert len(heard) == 2

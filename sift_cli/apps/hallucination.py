@@ -23,7 +23,7 @@ from torch import nn
 
 from sift_cli.apps import ragtruth
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
-from sift_cli.apps.batching import IGNORE, label_collator
+from sift_cli.apps.batching import IGNORE, label_collator, labelled_objectives
 from sift_cli.errors import SiftError
 from sift_cli.prepared import PreparedData, write_prepared
 
@@ -182,15 +182,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
         )
     if not f_data:
         raise SiftError(f"no faithful response token survives data.max_length={spec.data.max_length}; raise data.max_length")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Objectives(
-        f_data=f_data,
-        g_data=g_data,
-        collate_f=label_collator("f_labels", pad_id),
-        collate_g=label_collator("g_labels", pad_id),
-        loss_f=loss_f,
-        loss_g=G_LOSSES[options.g_loss],
-    )
+    return labelled_objectives(tokenizer, f_data, g_data, loss_f, G_LOSSES[options.g_loss])
 
 
 JUDGE_SYSTEM = "You check generated text against its source for hallucinations and answer only with JSON."

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from torch import nn
 
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
-from sift_cli.apps.batching import IGNORE, label_collator
+from sift_cli.apps.batching import IGNORE, labelled_objectives
 from sift_cli.errors import SiftError
 from sift_cli.prepared import PreparedData, write_prepared
 from sift_cli.speech import prompts, sources
@@ -222,15 +222,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
         )
     if not f_data:
         raise SiftError(f"no text token survives data.max_length={spec.data.max_length}; raise data.max_length")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Objectives(
-        f_data=f_data,
-        g_data=g_data,
-        collate_f=label_collator("f_labels", pad_id),
-        collate_g=label_collator("g_labels", pad_id),
-        loss_f=token_ce,
-        loss_g=token_ce,
-    )
+    return labelled_objectives(tokenizer, f_data, g_data, token_ce, token_ce)
 
 
 def score(records: Sequence[dict[str, Any]], setting: str) -> dict[str, Any]:
@@ -257,7 +249,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
 
     from sift_cli.atomic import write_text
     from sift_cli.prepared import load_prepared
-    from sift_cli.speech.generation import generate_ids
+    from sift_cli.generate import generate_ids
 
     overrides = {key: value for key, value in options.extra.items() if key in Options.model_fields}
     opts = Options.model_validate({**spec.objective, **overrides})
