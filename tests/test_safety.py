@@ -384,7 +384,7 @@ def test_evaluate_with_a_judge_counts_its_failures(
 ) -> None:
     model, tokenizer = tiny
     judge = ScriptedJudge(["REFUSAL", JudgeError("timeout")])
-    monkeypatch.setattr(safety, "make_judge", lambda *args, **kwargs: judge)
+    monkeypatch.setattr("sift_cli.judge.make_judge", lambda *args, **kwargs: judge)
     prompts = write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": p} for p in HARMFUL_PROMPTS])
     spec = make_spec(prepared, safety_sets=[str(prompts)], max_new_tokens=4, judge="local", judge_model="x")
     results = safety.evaluate(model, tokenizer, spec, RunDir(tmp_path / "run"), EvalOptions(tasks=[], batch_size=1))

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
@@ -25,16 +24,16 @@ from sift_cli.apps import ragtruth
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
 from sift_cli.apps.batching import IGNORE, label_collator, labelled_objectives
 from sift_cli.errors import SiftError
+from sift_cli.judge import JudgeEndpoint
 from sift_cli.prepared import PreparedData, write_prepared
 
 APP = "hallucination"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 PAPER_UTILITY_TASKS = ["mmlu", "gsm8k", "truthfulqa_mc2", "qnli", "mnli"]
 ANSWERS_FILE = "hallucination_answers.jsonl"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class Options(BaseModel):
+class Options(JudgeEndpoint):
     """The `objective:` section of a hallucination spec."""
 
     model_config = ConfigDict(extra="forbid")
@@ -45,20 +44,8 @@ class Options(BaseModel):
     judge: Literal["openai", "local", "none"] = Field(
         "openai", description="openai: an OpenAI-compatible endpoint; local: a model on this machine; none: skip judging"
     )
-    judge_model: str = Field("gpt-4o", description="endpoint model name, or a local model path / HF id")
-    judge_base_url: str = "https://api.openai.com/v1"
-    judge_api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable holding the key")
     max_new_tokens: int = Field(256, ge=1, description="answer length when generating on the test split")
     utility_tasks: list[str] = Field(default_factory=lambda: list(PAPER_UTILITY_TASKS))
-
-    @field_validator("judge_api_key_env")
-    @classmethod
-    def _a_name_not_a_key(cls, value: str) -> str:
-        if not _ENV_NAME.match(value):
-            raise ValueError(
-                "objective.judge_api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself"
-            )
-        return value
 
 
 def prepare(
@@ -301,14 +288,9 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     }
     if opts.judge != "none":
         from sift_cli.generate import generate
-        from sift_cli.judge import describe, make_judge
+        from sift_cli.judge import describe
 
-        judge = make_judge(
-            opts.judge,
-            opts.judge_model,
-            base_url=opts.judge_base_url,
-            api_key_env=opts.judge_api_key_env,
-        )
+        judge = opts.make_judge(opts.judge)
         examples = [ragtruth.Example.from_row(row) for row in rows]
         answers = generate(
             model,

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
@@ -39,7 +38,7 @@ from sift_cli.apps.safety_data import (
 from sift_cli.atomic import write_text
 from sift_cli.errors import SiftError
 from sift_cli.generate import generate, prompt_ids
-from sift_cli.judge import ChatJudge, JudgeError, describe, make_judge
+from sift_cli.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
 from sift_cli.prepared import PreparedData, write_prepared
 from sift_cli.refusal import is_refusal
 
@@ -47,12 +46,11 @@ APP = "safety"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 SAFETY_SETS = ("strongreject", "jailbreakbench", "wildjailbreak")
 IGNORE = -100
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Verdict = Literal["refusal", "harmless", "harmful", "error"]
 
 
-class Options(BaseModel):
+class Options(JudgeEndpoint):
     """The `objective:` section of a safety run."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -73,18 +71,6 @@ class Options(BaseModel):
     judge: Literal["keyword", "openai", "local"] = Field(
         "keyword", description="keyword: the offline refusal classifier; openai: an OpenAI-compatible endpoint; local: a model"
     )
-    judge_model: str = Field("gpt-4o", description="endpoint model name, or a local model path / HF id")
-    judge_base_url: str = "https://api.openai.com/v1"
-    judge_api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable holding the key")
-
-    @field_validator("judge_api_key_env")
-    @classmethod
-    def _a_name_not_a_key(cls, value: str) -> str:
-        if not ENV_NAME.match(value):
-            raise ValueError(
-                "objective.judge_api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself"
-            )
-        return value
 
 
 def prepare(
@@ -393,7 +379,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     opts = Options.model_validate({**spec.objective, **overrides})
     judge = None
     if opts.judge != "keyword":
-        judge = make_judge(opts.judge, opts.judge_model, base_url=opts.judge_base_url, api_key_env=opts.judge_api_key_env)
+        judge = opts.make_judge(opts.judge)
     results: dict[str, Any] = {"classifier": describe(judge) if judge is not None else {"kind": "keyword"}, "safety": {}}
     for name in opts.safety_sets:
         prompts = load_prompt_set(name, options.limit)
