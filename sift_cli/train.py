@@ -261,13 +261,14 @@ class Trainer:
         total = 0.0
         for _ in range(accum):
             loss = loss_fn(self.model, self._batch(which))
-            if not torch.isfinite(loss):
+            value = loss.item()
+            if not math.isfinite(value):
                 raise TrainingStopped(
-                    f"loss_{which} became {loss.item()} at step {self.step + 1}; lower --lr or check the data "
+                    f"loss_{which} became {value} at step {self.step + 1}; lower --lr or check the data "
                     f"(last good checkpoint kept in {self.run.checkpoints})"
                 )
             (loss / accum).backward()
-            total += loss.item() / accum
+            total += value / accum
         if self.accelerator.num_processes > 1:
             for _, param in self.named:
                 if param.grad is not None:
@@ -282,12 +283,13 @@ class Trainer:
         report = self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        for name, param in self.named:
-            if not torch.isfinite(param).all():
-                raise TrainingStopped(
-                    f"the update made {name} non-finite at step {self.step}; lower --lr "
-                    f"(last good checkpoint kept in {self.run.checkpoints})"
-                )
+        finite = torch.stack([torch.isfinite(param).all() for _, param in self.named])
+        if not bool(finite.all()):
+            name = self.named[int((~finite).nonzero()[0])][0]
+            raise TrainingStopped(
+                f"the update made {name} non-finite at step {self.step}; lower --lr "
+                f"(last good checkpoint kept in {self.run.checkpoints})"
+            )
         return loss_f, loss_g, report
 
     def log(self, loss_f: float, loss_g: float, report: StepReport, seconds: float) -> None:
