@@ -60,10 +60,12 @@ def sift_direction(m_f: Tensor, m_g: Tensor, k: int | None = None, exact: bool =
     """
     if exact or not _sketch_pays(m_f.shape, k):
         return combine_subspaces(top_k_svd(m_f, k), top_k_svd(m_g, k))
-    width = sketch_width(k)
-    f, _ = top_k_sketch(m_f, k, gaussian_start(m_f, width), COLD_POWER_ITERS)
-    g, _ = top_k_sketch(m_g, k, gaussian_start(m_g, width), COLD_POWER_ITERS)
-    return combine_subspaces(f, g)
+    return combine_subspaces(_cold_top_k(m_f, k)[0], _cold_top_k(m_g, k)[0])
+
+
+def _cold_top_k(m: Tensor, k: int) -> tuple[TopK, Tensor]:
+    """Randomized range finder from a seeded Gaussian start: the triplets and the right basis it found."""
+    return top_k_sketch(m, k, gaussian_start(m, sketch_width(k)), COLD_POWER_ITERS)
 
 
 def sift_direction_reference(m_f: Tensor, m_g: Tensor, k: int | None = None) -> Tensor:
@@ -91,7 +93,7 @@ def top_k_tracked(
         return top_k_svd(m, k), None
     width = warm_sketch_width(k)
     if subspace == "randomized" or basis is None or basis.shape != (m.shape[1], width):
-        top, new_basis = top_k_sketch(m, k, gaussian_start(m, sketch_width(k)), COLD_POWER_ITERS)
+        top, new_basis = _cold_top_k(m, k)
     else:
         top, new_basis = top_k_sketch(m, k, basis, WARM_POWER_ITERS if fresh else COLD_POWER_ITERS)
     return top, (None if subspace == "randomized" else new_basis[:, :width])

@@ -34,12 +34,14 @@ def compute_dtype(x: Tensor) -> torch.dtype:
 
 
 def alignment(a: Tensor, b: Tensor) -> float:
-    """Cosine of the flattened tensors; 0.0 when either is zero, so an absent objective never gates."""
+    """Cosine of the flattened tensors; 0.0 when either is zero, so an absent objective never gates.
+
+    Both numbers come back in one transfer: the optimizer calls this twice per block per step."""
     dtype = compute_dtype(a)
     a = a.reshape(-1).to(dtype)
     b = b.reshape(-1).to(dtype)
-    denom = float(torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b))
-    return float(torch.dot(a, b)) / denom if denom > 0.0 else 0.0
+    dot, denom = torch.stack([torch.dot(a, b), torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)]).tolist()
+    return dot / denom if denom > 0.0 else 0.0
 
 
 def msign(m: Tensor, steps: int = NS_STEPS) -> Tensor:
@@ -71,7 +73,7 @@ def rank_tolerance(shape: tuple[int, ...]) -> float:
 
 
 def numerical_rank(s: Tensor, shape: tuple[int, ...], rtol: float | None = None) -> int:
-    if s.numel() == 0 or float(s[0]) == 0.0:
+    if s.numel() == 0:
         return 0
     tol = rank_tolerance(shape) if rtol is None else rtol
     return int((s > tol * s[0]).sum())
@@ -90,8 +92,7 @@ def gram_inv_sqrt(u: Tensor, rtol: float = EIG_RTOL) -> Tensor:
     """(U^T U)^{+1/2} in float64, eigenvalues below rtol * max treated as zero."""
     u = u.to(torch.float64)
     w, q = torch.linalg.eigh(u.mT @ u)
-    top = float(w[-1]) if w.numel() else 0.0
-    keep = w > rtol * top
+    keep = w > rtol * w[-1:]
     inv_sqrt = torch.where(keep, w.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), torch.zeros_like(w))
     return (q * inv_sqrt) @ q.mT
 

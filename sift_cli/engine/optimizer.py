@@ -122,8 +122,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         ]
         super().__init__(groups, {"lr": cfg.lr, "weight_decay": cfg.weight_decay})
         self.cfg = cfg
-        self._names = {p: name for name, p in named_params}
         self._routes: dict[nn.Parameter, Route] = {p: r for (_, p), r in zip(named_params, routes)}
+        self._blocks: dict[nn.Parameter, list[Block]] = {p: r.blocks() for p, r in self._routes.items()}
         self._acc: dict[str, dict[nn.Parameter, Tensor]] = {"f": {}, "g": {}}
 
     def _params(self) -> list[nn.Parameter]:
@@ -167,7 +167,7 @@ class SiftOptimizer(torch.optim.Optimizer):
             tau_grad = alignment(grads_f[i], grads_g[i])
             grad = combined[i] if cfg.method == "blur" else grads_f[i].mul_(cfg.lam).add_(grads_g[i])
             adamw_update(p, grad, self.state[p], group["lr"], cfg.betas, cfg.adam_eps, group["weight_decay"])
-            blocks.append(BlockReport(self._names[p], tuple(p.shape), tau_grad, math.nan, "adamw"))
+            blocks.append(BlockReport(self._routes[p].name, tuple(p.shape), tau_grad, math.nan, "adamw"))
         if any(p.is_cuda for _, p in members):
             torch.cuda.synchronize()
         n_sift = sum(block.branch == "sift" for block in blocks)
@@ -194,13 +194,13 @@ class SiftOptimizer(torch.optim.Optimizer):
         work = p.data if p.dtype == torch.float32 else p.data.float()
         work.mul_(1 - lr * group["weight_decay"])
         reports = []
-        for block in route.blocks():
+        for block in self._blocks[p]:
             rows = block.rows
             tau_grad = alignment(grad_f[rows], grad_g[rows])
             tau_m = alignment(m_f[rows], m_g[rows])
             tau = tau_grad if cfg.tau_source == "grad" else tau_m
             if cfg.method == "sift" and route.candidate and tau < cfg.eps:
-                direction = self._sift_direction(state, _cache_suffix(route, block), m_f[rows], m_g[rows])
+                direction = self._sift_direction(state, block.suffix, m_f[rows], m_g[rows])
                 branch: Branch = "sift"
             else:
                 direction = msign(cfg.lam * m_f[rows] + m_g[rows])
@@ -241,7 +241,7 @@ class SiftOptimizer(torch.optim.Optimizer):
             state = self.state.get(p, {})
             if "momentum_f" not in state:
                 continue
-            for block in self._routes[p].blocks():
+            for block in self._blocks[p]:
                 if wanted is None or block.name in wanted:
                     out[block.name] = tuple(
                         torch.linalg.svdvals(state[key][block.rows]).cpu() for key in ("momentum_f", "momentum_g")
@@ -261,8 +261,3 @@ class SiftOptimizer(torch.optim.Optimizer):
                 key: value.detach().to(device=p.device, copy=True) if torch.is_tensor(value) else value
                 for key, value in saved.items()
             }
-
-
-def _cache_suffix(route: Route, block: Block) -> str:
-    """State-key suffix of a block's subspace cache: "" for a whole matrix, "[label]" for a row slice."""
-    return block.name[len(route.name):]

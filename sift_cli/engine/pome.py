@@ -8,7 +8,7 @@ import re
 import torch
 from torch import Tensor
 
-from .linalg import numerical_rank
+from .linalg import compute_dtype, top_k_svd
 
 
 def pome_delta(delta: Tensor, rank_fraction: float, scale: str | float = "mean") -> Tensor:
@@ -19,9 +19,9 @@ def pome_delta(delta: Tensor, rank_fraction: float, scale: str | float = "mean")
     min(m, n): equalizing would otherwise lift rounding noise of a low-rank change to the shared scale.
     scale "mean" uses the mean retained singular value (the edit keeps the nuclear norm of the retained
     part); a float sets it."""
-    delta = delta.to(torch.promote_types(delta.dtype, torch.float32))
-    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    r = math.ceil(rank_fraction * numerical_rank(s, tuple(delta.shape)))
+    top = top_k_svd(delta, None)
+    s = top.s
+    r = math.ceil(rank_fraction * len(s))
     if r == 0:
         return torch.zeros_like(delta, dtype=s.dtype)
     if scale == "mean":
@@ -30,7 +30,7 @@ def pome_delta(delta: Tensor, rank_fraction: float, scale: str | float = "mean")
         level = torch.tensor(float(scale), dtype=s.dtype, device=s.device)
     else:
         raise ValueError(f"scale={scale!r}: expected 'mean' or a number")
-    return level * (u[:, :r] @ vh[:r])
+    return level * (top.u[:, :r] @ top.v[:, :r].mT)
 
 
 def pome_edit(
@@ -55,7 +55,7 @@ def pome_edit(
             continue
         if base.shape != trained.shape:
             raise ValueError(f"{name}: base shape {tuple(base.shape)}, trained shape {tuple(trained.shape)}")
-        base32 = base.to(device=trained.device, dtype=torch.promote_types(trained.dtype, torch.float32))
+        base32 = base.to(device=trained.device, dtype=compute_dtype(trained))
         delta = pome_delta(trained.to(base32.dtype) - base32, rank_fraction, scale)
         edited[name] = (base32 + delta).to(trained.dtype)
     return edited

@@ -18,11 +18,15 @@ RowSplits = tuple[tuple[str, int], ...]
 
 @dataclass(frozen=True)
 class Block:
-    """One gated unit of a spectral parameter: the whole matrix, or a row slice of a fused one."""
+    """One gated unit of a spectral parameter: the whole matrix, or a row slice of a fused one.
+
+    suffix: "" for a whole matrix, "[label]" for a slice; it tells apart the slices' state in the
+    parameter's optimizer state (subspace caches)."""
 
     name: str
     rows: slice
     shape: tuple[int, int]
+    suffix: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class Route:
             return [Block(self.name, slice(None), (self.shape[0], self.shape[-1]))]
         blocks, start = [], 0
         for label, rows in self.splits:
-            blocks.append(Block(f"{self.name}[{label}]", slice(start, start + rows), (rows, self.shape[-1])))
+            suffix = f"[{label}]"
+            blocks.append(Block(self.name + suffix, slice(start, start + rows), (rows, self.shape[-1]), suffix))
             start += rows
         return blocks
 

@@ -44,8 +44,12 @@ def adamw_update(
 
 def blur_rho(grads_f: list[Tensor], grads_g: list[Tensor]) -> float:
     """rho = <G_f, G_g> / |G_g|^2 over all trained parameters at once; 0 when G_g vanishes."""
-    dot = sum(float(torch.sum(f.double() * g.double())) for f, g in zip(grads_f, grads_g, strict=True))
-    sq = sum(float(torch.sum(g.double() * g.double())) for g in grads_g)
+    dot = sq = 0.0
+    for f, g in zip(grads_f, grads_g, strict=True):
+        g64 = g.double()
+        dot = dot + torch.sum(f.double() * g64)
+        sq = sq + torch.sum(g64 * g64)
+    dot, sq = float(dot), float(sq)
     return dot / sq if sq > 0.0 else 0.0
 
 
