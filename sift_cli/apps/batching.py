@@ -1,15 +1,34 @@
-"""Padding token-labelled examples into batches, shared by the apps whose f and g label one sequence."""
+"""Token-labelled examples: padding them into batches and scoring their labelled tokens, shared by the apps."""
 
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
 
 from sift_cli.apps.base import Batch, Loss, Objectives
 
 IGNORE = -100
 """Label of positions no loss looks at (the prompt, padding, the other objective's tokens)."""
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id padding is written with: the tokenizer's pad token, else its EOS (padding is masked, so the
+    id only has to exist)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def label_log_probs(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p of every labelled token (flat, in mask order) and the mask of the positions they sit at.
+
+    Labels predict their own position, so logits shift by one. Only the labelled positions' logits are
+    promoted to fp32: prompt and padding rows of a (batch, length, vocab) tensor never are."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    mask = targets != IGNORE
+    selected = torch.log_softmax(logits[mask].float(), dim=-1)
+    return selected.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1), mask
 
 
 def label_collator(labels_key: str, pad_id: int) -> Callable[[list[dict[str, list[int]]]], Batch]:
@@ -32,13 +51,13 @@ def label_collator(labels_key: str, pad_id: int) -> Callable[[list[dict[str, lis
 
 def labelled_objectives(tokenizer: Any, f_data: Sequence[Any], g_data: Sequence[Any], loss_f: Loss, loss_g: Loss) -> Objectives:
     """Objectives over examples that carry `f_labels` and `g_labels` for one token sequence, padded with
-    the tokenizer's pad id (its EOS when it has none; padding is masked, so the id only needs to exist)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    the tokenizer's pad id."""
+    pad = pad_id(tokenizer)
     return Objectives(
         f_data=f_data,
         g_data=g_data,
-        collate_f=label_collator("f_labels", pad_id),
-        collate_g=label_collator("g_labels", pad_id),
+        collate_f=label_collator("f_labels", pad),
+        collate_g=label_collator("g_labels", pad),
         loss_f=loss_f,
         loss_g=loss_g,
     )

@@ -22,7 +22,7 @@ from torch import nn
 
 from sift_cli.apps import ragtruth
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
-from sift_cli.apps.batching import IGNORE, label_collator, labelled_objectives
+from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, labelled_objectives, pad_id
 from sift_cli.errors import SiftError
 from sift_cli.judge import JudgeEndpoint
 from sift_cli.prepared import PreparedData, write_prepared
@@ -124,28 +124,19 @@ def encode(tokenizer: Any, example: ragtruth.Example, max_length: int) -> dict[s
     return {"input_ids": prompt + response, "f_labels": f_labels, "g_labels": g_labels}
 
 
-def target_log_probs(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """log p(token) at every labelled position (labels predict their own position, so logits shift by one)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE
-    selected = logits[mask].float()
-    return torch.log_softmax(selected, dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
-
-
 def loss_f(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy of the faithful response tokens."""
-    return -target_log_probs(model, batch).mean()
+    return -label_log_probs(model, batch)[0].mean()
 
 
 def neg_ce(model: nn.Module, batch: Batch) -> torch.Tensor:
     """The paper's g: minus the mean cross-entropy of hallucinated tokens, i.e. their mean log-probability."""
-    return target_log_probs(model, batch).mean()
+    return label_log_probs(model, batch)[0].mean()
 
 
 def unlikelihood(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean -log(1 - p) of hallucinated tokens: bounded below by 0, flat once they are unlikely."""
-    log_p = target_log_probs(model, batch)
+    log_p = label_log_probs(model, batch)[0]
     return -torch.log(torch.clamp(-torch.expm1(log_p), min=1e-6)).mean()
 
 
@@ -246,11 +237,11 @@ def held_out_scores(
 ) -> dict[str, Any]:
     """Teacher-forced test scores against the held-out labels: f's cross-entropy, and p of hallucinated tokens."""
     encoded = encode_split(tokenizer, rows, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     was_training = model.training
     model.eval()
-    faithful = _labelled_log_probs(model, encoded, "f_labels", pad_id, batch_size)
-    hallucinated = _labelled_log_probs(model, encoded, "g_labels", pad_id, batch_size)
+    faithful = _labelled_log_probs(model, encoded, "f_labels", pad, batch_size)
+    hallucinated = _labelled_log_probs(model, encoded, "g_labels", pad, batch_size)
     model.train(was_training)
     return {
         "faithful_token_ce": -faithful.mean().item() if faithful.numel() else None,
@@ -268,7 +259,7 @@ def _labelled_log_probs(
     collate = label_collator(key, pad_id)
     device = next(model.parameters()).device
     chunks = [
-        target_log_probs(model, {k: v.to(device) for k, v in collate(items[i : i + batch_size]).items()}).cpu()
+        label_log_probs(model, {k: v.to(device) for k, v in collate(items[i : i + batch_size]).items()})[0].cpu()
         for i in range(0, len(items), batch_size)
     ]
     return torch.cat(chunks) if chunks else torch.empty(0)

@@ -22,6 +22,7 @@ from rich.console import Console
 from torch import nn
 
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, pad_id
 from sift_cli.apps.safety_data import (
     ALPACA_ID,
     HUB,
@@ -45,7 +46,6 @@ from sift_cli.refusal import is_refusal
 APP = "safety"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 SAFETY_SETS = ("strongreject", "jailbreakbench", "wildjailbreak")
-IGNORE = -100
 
 Verdict = Literal["refusal", "harmless", "harmful", "error"]
 
@@ -158,16 +158,9 @@ def dpo_example(tokenizer: Any, row: dict[str, Any], template: str, max_length: 
 
 
 def pad_sequences(sequences: list[tuple[list[int], int]], pad_id: int) -> Batch:
-    """Right-padded input ids, attention mask, and labels that are -100 on prompt and padding."""
-    width = max(len(ids) for ids, _ in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    labels = torch.full((len(sequences), width), IGNORE, dtype=torch.long)
-    for row, (ids, prompt_len) in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        labels[row, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    """Right-padded input ids, attention mask, and labels that are IGNORE on prompt and padding."""
+    items = [{"input_ids": ids, "labels": [IGNORE] * prompt_len + ids[prompt_len:]} for ids, prompt_len in sequences]
+    return label_collator("labels", pad_id)(items)
 
 
 def collate_sft(pad_id: int) -> Callable[[list[dict[str, Any]]], Batch]:
@@ -192,14 +185,10 @@ def collate_dpo(pad_id: int) -> Callable[[list[dict[str, Any]]], Batch]:
 
 
 def token_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of each next token and the mask of the positions that count (the response)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = labels != IGNORE
-    nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.clamp(min=0).reshape(-1), reduction="none"
-    ).view(labels.shape)
-    return -nll, mask
+    """Log-probability of each next token (0 where it does not count) and the mask of the positions that
+    count (the response)."""
+    logps, mask = label_log_probs(model, batch)
+    return logps.new_zeros(mask.shape).masked_scatter(mask, logps), mask
 
 
 def sequence_logps(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -279,7 +268,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
     options = Options.model_validate(spec.objective)
     if tokenizer.eos_token_id is None:
         raise SiftError("the tokenizer has no EOS token, which ends every response; use a model whose tokenizer defines one")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     sft_rows, dpo_rows = data.rows("sft"), data.rows("dpo")
     if not sft_rows or not dpo_rows:
         raise SiftError(f"{data.path} has no SFT examples or no DPO pairs; re-run `sift prepare safety`")
@@ -291,7 +280,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
     copy_gib = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 2**30
     if options.precompute_reference:
         started = time.perf_counter()
-        precompute_reference(model, g_data, pad_id, spec.train.batch_size)
+        precompute_reference(model, g_data, pad, spec.train.batch_size)
         note = (
             f"reference log-probs of {len(g_data)} DPO pairs precomputed in {time.perf_counter() - started:.1f} s: "
             f"no frozen model copy ({copy_gib:.2f} GiB) and no reference forward pass per step"
@@ -305,8 +294,8 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
     return Objectives(
         f_data=f_data,
         g_data=g_data,
-        collate_f=collate_sft(pad_id),
-        collate_g=collate_dpo(pad_id),
+        collate_f=collate_sft(pad),
+        collate_g=collate_dpo(pad),
         loss_f=sft_loss,
         loss_g=make_dpo_loss(options.beta, reference),
         modules=[reference] if reference is not None else [],

@@ -23,7 +23,7 @@ from rich.progress import Progress
 from torch import nn
 
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
-from sift_cli.apps.batching import IGNORE, labelled_objectives
+from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id
 from sift_cli.errors import SiftError
 from sift_cli.prepared import PreparedData, write_prepared
 from sift_cli.speech import prompts, sources
@@ -193,10 +193,7 @@ def encode(
 
 def token_ce(model: nn.Module, batch: Batch) -> torch.Tensor:
     """Mean next-token cross-entropy over the labelled positions (text ones for f, speech ones for g)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    targets = batch["labels"][:, 1:]
-    mask = targets != IGNORE
-    return nn.functional.cross_entropy(logits[mask].float(), targets[mask])
+    return -label_log_probs(model, batch)[0].mean()
 
 
 def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: PreparedData) -> Objectives:
@@ -264,13 +261,13 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
 
         device = str(next(model.parameters()).device)
         speech_to_text = load_speech_to_text(opts.speech_decoder, opts.speech_decoder_path, opts.asr_model, device)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     stops = prompts.stop_ids(model, tokenizer, fmt)
     records: list[dict[str, Any]] = []
     for variant in dict.fromkeys(setting.split("->")[0] for setting in settings):
         contents = [prompts.user_content(row, variant) for row in rows]
         asked = [prompts.prompt_ids(tokenizer, fmt, variant, content, opts.text_chunk, opts.speech_chunk) for content in contents]
-        replies = generate_ids(model, asked, pad_id, stops, opts.max_new_tokens, options.batch_size)
+        replies = generate_ids(model, asked, pad, stops, opts.max_new_tokens, options.batch_size)
         for row, reply in zip(rows, replies):
             text_ids, codes = vocab.split(reply)
             record: dict[str, Any] = {
