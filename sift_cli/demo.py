@@ -8,7 +8,6 @@ perplexity on held-out paragraphs of each topic. The numbers are whatever the ru
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import time
@@ -20,7 +19,7 @@ from rich.table import Table
 
 from sift_cli import demo_data
 from sift_cli.apps.base import EvalOptions
-from sift_cli.atomic import write_json, write_text
+from sift_cli.atomic import write_json, write_jsonl
 from sift_cli.errors import SiftError
 from sift_cli.evaluate import evaluate_model, evaluate_run, load_for_eval
 from sift_cli.prepared import write_prepared
@@ -61,14 +60,13 @@ def write_demo_data(path: Path) -> tuple[Path, list[str]]:
     rng = random.Random(SHUFFLE_SEED)
     tasks = []
     for topic, questions in (("forget", demo_data.FORGET_QUESTIONS), ("retain", demo_data.RETAIN_QUESTIONS)):
-        lines = []
+        rows = []
         for question, choices, answer in questions:
             order = list(range(len(choices)))
             rng.shuffle(order)
-            row = {"question": question, "choices": [choices[i] for i in order], "answer": order.index(answer)}
-            lines.append(json.dumps(row) + "\n")
+            rows.append({"question": question, "choices": [choices[i] for i in order], "answer": order.index(answer)})
         task_file = path / QUESTION_FILES[topic]
-        write_text(task_file, "".join(lines))
+        write_jsonl(task_file, rows)
         tasks.append(f"cloze:{task_file.resolve()}")
     return path, tasks
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sift_cli.atomic import write_json, write_text
+from sift_cli.atomic import write_json, write_jsonl
 from sift_cli.errors import SiftError
 
 MANIFEST = "manifest.json"
@@ -58,7 +58,7 @@ def write_prepared(
     files = {}
     for name, rows in tables.items():
         files[name] = f"{name}.jsonl"
-        write_text(path / files[name], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        write_jsonl(path / files[name], rows)
     manifest = {
         "app": app,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -267,7 +267,7 @@ def _labelled_log_probs(
 
 def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: EvalOptions) -> dict:
     """Held-out label scores, the judged hallucination rate of generated answers, and lm-eval utility."""
-    from sift_cli.atomic import write_text
+    from sift_cli.atomic import write_jsonl
     from sift_cli.prepared import load_prepared
 
     overrides = {key: value for key, value in options.extra.items() if key in Options.model_fields}
@@ -292,8 +292,8 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
             max_prompt_tokens=spec.data.max_length,
         )
         records = judge_answers(judge, examples, answers)
-        run.eval_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run.eval_dir / ANSWERS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        if run is not None:
+            write_jsonl(run.eval_dir / ANSWERS_FILE, records)
         results["hallucination"] = {**hallucination_rate(records), "judge": describe(judge)}
     tasks = options.tasks if options.tasks is not None else opts.utility_tasks
     if tasks:

@@ -10,7 +10,6 @@ whose own chat template then wraps it).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -36,7 +35,7 @@ from sift_cli.apps.safety_data import (
     pku_pairs,
     sample_rows,
 )
-from sift_cli.atomic import write_text
+from sift_cli.atomic import write_jsonl
 from sift_cli.errors import SiftError
 from sift_cli.generate import generate, prompt_ids
 from sift_cli.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
@@ -382,8 +381,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
         results["safety"][key] = summarize(verdicts)
         if run is not None:
             rows = [{"prompt": p, "reply": r, "verdict": v} for p, r, v in zip(prompts, replies, verdicts)]
-            lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            write_text(run.eval_dir / f"safety_{key}.jsonl", lines)
+            write_jsonl(run.eval_dir / f"safety_{key}.jsonl", rows)
     tasks = options.tasks if options.tasks is not None else opts.utility_tasks
     if tasks:
         from sift_cli.lmeval import run_tasks

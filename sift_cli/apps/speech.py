@@ -242,9 +242,8 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     One greedy reply per question and input modality serves both outputs: its text tokens are read for
     X->text, its speech tokens decoded and transcribed for X->audio.
     """
-    import json
 
-    from sift_cli.atomic import write_text
+    from sift_cli.atomic import write_jsonl
     from sift_cli.prepared import load_prepared
     from sift_cli.generate import generate_ids
 
@@ -283,6 +282,6 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
                 record["transcript"] = speech_to_text(codes)
                 record["audio_answer"] = parse_answer(record["transcript"], row["options"])
             records.append(record)
-    run.eval_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run.eval_dir / ANSWERS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    if run is not None:
+        write_jsonl(run.eval_dir / ANSWERS_FILE, records)
     return {"dataset": opts.dataset, "examples": len(rows), "settings": {setting: score(records, setting) for setting in settings}}
