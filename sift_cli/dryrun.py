@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.models import resolve_model_path
 from sift_cli.spec import RunSpec
 from sift_cli.train import plan_routes, select_trainable, trainable_regex
@@ -38,7 +38,7 @@ def meta_model(spec: RunSpec) -> torch.nn.Module:
             source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
         )
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, None)
         raise SiftError(f"cannot read the config of model {source!r}: {reason[:200]}; check the id or path") from None
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)

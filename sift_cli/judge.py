@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 
 Messages = list[dict[str, str]]
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
@@ -133,7 +133,7 @@ class LocalHFJudge:
         try:
             return generate(self.model, self.tokenizer, [messages], self.max_new_tokens, batch_size=1)[0]
         except RuntimeError as exc:
-            raise JudgeError(f"local judge failed: {str(exc).splitlines()[0][:200]}") from None
+            raise JudgeError(f"local judge failed: {first_line(exc)}") from None
 
 
 def make_judge(

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.prepared import read_jsonl
 
 LETTERS = "ABCDEFGHIJ"
@@ -127,7 +127,7 @@ def run_tasks(
     except (ConnectionError, OSError) as exc:
         if not builtin:
             raise
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise SiftError(
             f"cannot fetch the datasets of {', '.join(builtin)} ({reason}); go online or pass local .jsonl MCQ files with --tasks"
         ) from None

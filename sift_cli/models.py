@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.spec import DEFAULT_MODEL, ModelSpec
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,7 +97,7 @@ def load_model(spec: ModelSpec, path: str | None = None) -> torch.nn.Module:
 
 
 def _load_failure(what: str, source: str, exc: Exception) -> str:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc, None)
     if "trust_remote_code" in reason:
         return f"{what} {source!r} needs custom code; set model.trust_remote_code=true only if you trust it"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.prepared import read_table
 
 PKU_ID = "PKU-Alignment/PKU-SafeRLHF"
@@ -85,7 +85,7 @@ def load_hub_rows(dataset_id: str, config: str | None, split: str, **kwargs: Any
     try:
         table = datasets.load_dataset(dataset_id, config, split=split, **kwargs)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise SiftError(
             f"cannot load {dataset_id} ({config or 'default'}, {split}): {reason}; "
             "go online (and accept the dataset's terms if it is gated) or pass a local file instead"

@@ -21,7 +21,7 @@ from torch import nn
 
 from sift_cli import lmeval
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.prepared import PreparedData, load_prepared, read_table, write_prepared
 
 APP = "unlearning"
@@ -336,7 +336,7 @@ def _hub_texts(repo: str, config: str, split: str) -> tuple[list[str], dict[str,
     try:
         dataset = load_dataset(repo, config, split=split)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise SiftError(f"cannot load {repo} ({config}) from the Hugging Face hub: {reason}; go online or pass a local file") from None
     return [str(text) for text in dataset["text"]], {"hub": repo, "config": config, "split": split}
 

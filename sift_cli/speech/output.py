@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.speech.audio import Audio, resample
 
 GLM_DECODER = "glm4voice"
@@ -34,11 +34,6 @@ DECODER_INSTALL = (
 SpeechDecoder = Callable[[Sequence[int]], Audio]
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
-
-
 def _local_or_hub(source: str, files: Sequence[str]) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
@@ -49,7 +44,7 @@ def _local_or_hub(source: str, files: Sequence[str]) -> Path:
         return Path(snapshot_download(source, allow_patterns=list(files)))
     except Exception as exc:
         offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        raise SiftError(f"cannot fetch {source}{offline}: {_reason(exc)}; go online once or pass a local directory") from None
+        raise SiftError(f"cannot fetch {source}{offline}: {first_line(exc, 160)}; go online once or pass a local directory") from None
 
 
 class GlmVoiceDecoder:
@@ -60,7 +55,7 @@ class GlmVoiceDecoder:
             flow_inference = importlib.import_module("flow_inference")
         except Exception as exc:
             raise SiftError(
-                f"the X->audio settings need GLM-4-Voice's speech decoder, which does not import here ({_reason(exc)}); "
+                f"the X->audio settings need GLM-4-Voice's speech decoder, which does not import here ({first_line(exc, 160)}); "
                 f"{DECODER_INSTALL}, or evaluate only text outputs with --set objective.eval_settings='[text->text,audio->text]'"
             ) from None
         directory = _local_or_hub(source, ["config.yaml", "flow.pt", "hift.pt"])
@@ -95,7 +90,7 @@ def load_decoder(name: str, source: str, device: str) -> SpeechDecoder:
     try:
         factory = getattr(importlib.import_module(module_name), attribute)
     except Exception as exc:
-        raise SiftError(f"cannot import speech decoder {name!r} ({_reason(exc)}); install its package or fix the name") from None
+        raise SiftError(f"cannot import speech decoder {name!r} ({first_line(exc, 160)}); install its package or fix the name") from None
     return factory(source, device)
 
 
@@ -111,7 +106,7 @@ class WhisperAsr:
         except Exception as exc:
             offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
             raise SiftError(
-                f"cannot load ASR model {model_id}{offline}: {_reason(exc)}; "
+                f"cannot load ASR model {model_id}{offline}: {first_line(exc, 160)}; "
                 "go online once or set objective.asr_model to a local Whisper directory"
             ) from None
         self.device = device

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.prepared import read_table
 
 DATASETS = ("cose", "esnli", "openbookqa")
@@ -142,7 +142,7 @@ def _hub_rows(dataset_id: str, config: str | None, split: str) -> list[dict[str,
     try:
         table = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
         raise SiftError(
             f"cannot load {dataset_id} ({config or 'default'}, {split}){offline}: {reason}; "

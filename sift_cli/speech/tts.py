@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.speech.audio import Audio, from_wav_bytes
 
 CHOICES = ("auto", "coqui", "piper", "espeak")
@@ -47,8 +47,7 @@ class TtsChoice:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:160] if text else type(exc).__name__).rstrip(".")
+    return first_line(exc, 160).rstrip(".")
 
 
 def coqui_problem() -> str | None:

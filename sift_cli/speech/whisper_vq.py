@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.speech.audio import Audio, resample
 
 GLM_TOKENIZER = "THUDM/glm-4-voice-tokenizer"
@@ -254,7 +254,7 @@ def _source_dir(source: str) -> Path:
             local = Path(snapshot_download(source, allow_patterns=["*.json", "*.bin"]))
     except Exception as exc:
         offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc, 160)
         raise SiftError(
             f"cannot fetch speech tokenizer {source}{offline}: {reason}; go online, pass a local copy, or use --speech-tokenizer local"
         ) from None
