@@ -197,9 +197,10 @@ def train(
     from sift_cli.spec import resolve_spec
 
     if resume is not None:
-        from sift_cli.train import load_run_spec, train as run_training
+        from sift_cli.rundir import RunDir
+        from sift_cli.train import train as run_training
 
-        run_training(load_run_spec(resume), console=console, resume=True)
+        run_training(RunDir.open(resume).load_spec(), console=console, resume=True)
         return
     overrides = {
         "optim.method": method,

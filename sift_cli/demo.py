@@ -22,6 +22,7 @@ from sift_cli.apps.base import EvalOptions
 from sift_cli.atomic import write_json, write_jsonl
 from sift_cli.errors import SiftError
 from sift_cli.evaluate import evaluate_model, evaluate_run, load_for_eval
+from sift_cli.lmeval import CLOZE, local_task_name
 from sift_cli.prepared import write_prepared
 from sift_cli.rundir import RunDir
 from sift_cli.spec import RunSpec, resolve_spec
@@ -67,7 +68,7 @@ def write_demo_data(path: Path) -> tuple[Path, list[str]]:
             rows.append({"question": question, "choices": [choices[i] for i in order], "answer": order.index(answer)})
         task_file = path / QUESTION_FILES[topic]
         write_jsonl(task_file, rows)
-        tasks.append(f"cloze:{task_file.resolve()}")
+        tasks.append(f"{CLOZE}{task_file.resolve()}")
     return path, tasks
 
 
@@ -163,7 +164,7 @@ def comparison_table(rows: dict[str, dict[str, Any]]) -> Table:
     for name, row in rows.items():
         metrics = row["metrics"]
         accuracy = {
-            topic: metrics["lm_eval"][f"{Path(file).stem}_cloze"]["acc"] for topic, file in QUESTION_FILES.items()
+            topic: metrics["lm_eval"][local_task_name(f"{CLOZE}{file}")]["acc"] for topic, file in QUESTION_FILES.items()
         }
         perplexity = metrics["perplexity"]
         table.add_row(

@@ -20,7 +20,7 @@ from sift_cli.atomic import write_json
 from sift_cli.errors import SiftError
 from sift_cli.models import load_model, load_tokenizer
 from sift_cli.rundir import RunDir
-from sift_cli.spec import RunSpec, validate_spec
+from sift_cli.spec import RunSpec
 
 RESULTS = "results.json"
 
@@ -47,7 +47,7 @@ def evaluate_run(run_dir: Path, options: EvalOptions, console: Console | None = 
     """Evaluate the model a `sift train` run saved; write eval/results.json and print a table."""
     console = console or Console()
     run = RunDir.open(run_dir)
-    spec = validate_spec(run.read_spec())
+    spec = run.load_spec()
     if not (run.model_dir / "config.json").is_file():
         raise SiftError(f"{run.path} has no trained model yet (no model/); finish it with `sift train --resume {run.path}`")
     model, tokenizer = load_for_eval(spec, run.model_dir)

@@ -58,17 +58,21 @@ def check_mcq_file(path: Path) -> int:
     return count
 
 
-def mcq_task(task: str) -> dict[str, Any]:
-    """An lm-eval task config for `FILE.jsonl` (WMDP's zero-shot letter format) or `cloze:FILE.jsonl`.
+def local_task_name(task: str) -> str:
+    """The name a local task's results are keyed by: the file's stem, plus `_cloze` for `cloze:FILE`."""
+    stem = Path(task.removeprefix(CLOZE)).stem
+    return f"{stem}_cloze" if task.startswith(CLOZE) else stem
 
-    The task is named after the file's stem (plus `_cloze`), which keys its results.
-    """
+
+def mcq_task(task: str) -> dict[str, Any]:
+    """An lm-eval task config for `FILE.jsonl` (WMDP's zero-shot letter format) or `cloze:FILE.jsonl`,
+    named by local_task_name."""
     cloze = task.startswith(CLOZE)
     path = Path(task.removeprefix(CLOZE)).resolve()
     check_mcq_file(path)
     metrics = ["acc", "acc_norm"] if cloze else ["acc"]
     return {
-        "task": f"{path.stem}_cloze" if cloze else path.stem,
+        "task": local_task_name(task),
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(path)}},
         "test_split": "test",

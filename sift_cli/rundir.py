@@ -26,6 +26,7 @@ import yaml
 
 from sift_cli.atomic import write_text
 from sift_cli.errors import SiftError
+from sift_cli.spec import RunSpec, validate_spec
 
 SPEC = "spec.yaml"
 ENV = "env.json"
@@ -99,6 +100,14 @@ class RunDir:
     def read_spec(self) -> dict[str, Any]:
         """The raw resolved spec as a dict (validate with `sift_cli.spec.RunSpec` where needed)."""
         return yaml.safe_load(self.spec_path.read_text(encoding="utf-8"))
+
+    def load_spec(self) -> RunSpec:
+        """The validated spec this run was trained with, its output pointing here (the directory may
+        have been moved since)."""
+        spec = validate_spec(self.read_spec())
+        if Path(spec.output).resolve() != self.path.resolve():
+            spec = spec.model_copy(update={"output": self.path})
+        return spec
 
     def read_env(self) -> dict[str, Any]:
         return json.loads((self.path / ENV).read_text(encoding="utf-8"))

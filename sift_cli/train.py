@@ -34,8 +34,8 @@ from sift_cli.engine import OptimizerConfig, Route, SiftOptimizer, StepReport, r
 from sift_cli.errors import SiftError
 from sift_cli.models import load_model, load_tokenizer
 from sift_cli.prepared import load_prepared
-from sift_cli.rundir import RunDir
-from sift_cli.spec import OptimSpec, RunSpec, validate_spec
+from sift_cli.rundir import ENV, RunDir
+from sift_cli.spec import OptimSpec, RunSpec
 
 CHECKPOINT_GLOB = "step-*.pt"
 KEEP_CHECKPOINTS = 2
@@ -362,14 +362,6 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> RunDir:
     return run
 
 
-def load_run_spec(run_dir: Path) -> RunSpec:
-    run = RunDir.open(run_dir)
-    spec = validate_spec(run.read_spec())
-    if Path(spec.output).resolve() != run.path.resolve():
-        spec = spec.model_copy(update={"output": run.path})
-    return spec
-
-
 def train(spec: RunSpec, console: Console | None = None, resume: bool = False) -> RunDir:
     """Run (or resume) `spec` to completion and return its run directory."""
     console = console or Console()
@@ -382,7 +374,7 @@ def train(spec: RunSpec, console: Console | None = None, resume: bool = False) -
         trainer.load_checkpoint(checkpoint)
         console.print(f"resumed from {checkpoint.name} (step {trainer.step})")
     run.truncate_logs(trainer.step)
-    write_json(run.path / "env.json", environment(trainer.device, trainer.accelerator.num_processes, spec.train.seed))
+    write_json(run.path / ENV, environment(trainer.device, trainer.accelerator.num_processes, spec.train.seed))
     _loop(trainer, console)
     trainer.save_model()
     console.print(f"run written to {run.path}")
