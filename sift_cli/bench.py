@@ -78,9 +78,9 @@ def _bench_methods(k: int) -> dict[str, tuple[type[SiftOptimizer], OptimizerConf
 
 
 def _feed(opt: SiftOptimizer, p: nn.Parameter, g_f: Tensor, g_g: Tensor) -> None:
-    p.grad = g_f.clone()
+    p.grad = g_f
     opt.capture("f")
-    p.grad = g_g.clone()
+    p.grad = g_g
     opt.capture("g")
 
 
@@ -138,8 +138,8 @@ def run_engine_bench(
                 if step >= warmup:
                     times.append(report.seconds)
         g_f, g_g = stream.next()
-        beta = OptimizerConfig().momentum
-        m_f, m_g = _next_momenta(runs["sift-fast"][1].state[runs["sift-fast"][0]], g_f, g_g, beta)
+        p_fast, opt_fast, _ = runs["sift-fast"]
+        m_f, m_g = _next_momenta(opt_fast.state[p_fast], g_f, g_g, opt_fast.cfg.momentum)
         reference = sift_direction_reference(m_f, m_g, k)
         cold = _relative_error(sift_direction(m_f, m_g, k), reference)
         muon_seconds = statistics.median(runs["muon"][2])

@@ -266,9 +266,10 @@ def component_heatmap(log: RunLog, stats: RunStats, components: pd.DataFrame) ->
     }
     ordered = components.loc[sorted(components.index, key=rank.__getitem__)]
     labels = component_keys(ordered).tolist()
+    keys = component_keys(log.alignment)
     return Heatmap(
-        tau=tau_matrix(log.alignment, component_keys(log.alignment), labels),
-        fired=fired_matrix(log.alignment, component_keys(log.alignment), labels),
+        tau=tau_matrix(log.alignment, keys, labels),
+        fired=fired_matrix(log.alignment, keys, labels),
         conflicts_per_step=stats.steps.set_index("step")["conflict_blocks"],
         n_blocks=len(stats.blocks),
         conflicts_per_row=pd.Series(ordered["conflict_steps"].to_numpy(), index=labels),

@@ -52,7 +52,7 @@ Verdict = Literal["refusal", "harmless", "harmful", "error"]
 class Options(JudgeEndpoint):
     """The `objective:` section of a safety run."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid")
     template: Literal["alpaca", "plain"] = Field(
         "alpaca", description="user message: the Alpaca template, or the plain instruction for chat models"
     )

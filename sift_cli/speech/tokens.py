@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from sift_cli.apps.batching import IGNORE
@@ -44,9 +43,6 @@ class SpeechVocab:
 
     def ids(self, codes: Sequence[int]) -> list[int]:
         return [self.audio_0 + code for code in codes]
-
-    def is_speech(self, ids: torch.Tensor) -> torch.Tensor:
-        return ids >= self.audio_0
 
     def split(self, ids: Sequence[int]) -> tuple[list[int], list[int]]:
         """Text token ids (wrappers dropped) and speech codes of a generated sequence."""
