@@ -11,13 +11,14 @@ An app module exposes, at module level:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import torch
 from pydantic import BaseModel
 from torch import nn
 
 Batch = dict[str, torch.Tensor]
+BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 Loss = Callable[[nn.Module, Batch], torch.Tensor]
 
 
@@ -52,6 +53,12 @@ class EvalOptions:
     progress: bool = True
     """Draw lm-eval's per-request progress bars (off where a caller prints its own summary, e.g. the demo)."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def objective(self, options: type[BaseModelT], spec: Any) -> BaseModelT:
+        """The app's `objective:` options of `spec`, with those of `extra` that the app knows overriding
+        them for this evaluation (e.g. another judge)."""
+        overrides = {key: value for key, value in self.extra.items() if key in options.model_fields}
+        return options.model_validate({**spec.objective, **overrides})
 
 
 class App(Protocol):

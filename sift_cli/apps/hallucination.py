@@ -270,8 +270,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     from sift_cli.atomic import write_jsonl
     from sift_cli.prepared import load_prepared
 
-    overrides = {key: value for key, value in options.extra.items() if key in Options.model_fields}
-    opts = Options.model_validate({**spec.objective, **overrides})
+    opts = options.objective(Options, spec)
     data = load_prepared(spec.data.path, APP)
     rows = data.rows("test")[: options.limit]
     results: dict[str, Any] = {

@@ -363,8 +363,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     Replies and verdicts are written to run/eval/safety_<set>.jsonl for inspection when there is a run
     (the base model is scored with `run=None`).
     """
-    overrides = {key: value for key, value in options.extra.items() if key in Options.model_fields}
-    opts = Options.model_validate({**spec.objective, **overrides})
+    opts = options.objective(Options, spec)
     judge = None
     if opts.judge != "keyword":
         judge = opts.make_judge(opts.judge)

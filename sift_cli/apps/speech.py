@@ -247,8 +247,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     from sift_cli.prepared import load_prepared
     from sift_cli.generate import generate_ids
 
-    overrides = {key: value for key, value in options.extra.items() if key in Options.model_fields}
-    opts = Options.model_validate({**spec.objective, **overrides})
+    opts = options.objective(Options, spec)
     data = load_prepared(spec.data.path, APP)
     vocab = read_speech_vocab(tokenizer, int(speech_source(data, opts)["codebook_size"]))
     fmt = prompts.resolve_format(tokenizer, opts.prompt_format)
