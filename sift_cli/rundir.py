@@ -113,7 +113,7 @@ class RunDir:
         return json.loads((self.path / ENV).read_text(encoding="utf-8"))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
-        _append(self.path / METRICS, json.dumps(record, sort_keys=True) + "\n")
+        _append(self.path / METRICS, _json_line(METRICS, record))
 
     def append_alignment(self, rows: Iterable[dict[str, Any]]) -> None:
         path = self.path / ALIGNMENT
@@ -126,7 +126,7 @@ class RunDir:
 
     def append_spectra(self, step: int, block: str, momentum: str, singular_values: list[float]) -> None:
         record = {"step": step, "block": block, "momentum": momentum, "singular_values": singular_values}
-        _append(self.path / SPECTRA, json.dumps(record) + "\n")
+        _append(self.path / SPECTRA, _json_line(SPECTRA, record))
 
     def read_metrics(self) -> pd.DataFrame:
         return pd.DataFrame(_read_jsonl(self.path / METRICS), columns=list(METRIC_FIELDS))
@@ -157,12 +157,18 @@ class RunDir:
             path = self.path / name
             if path.exists():
                 kept = [r for r in _read_jsonl(path) if r["step"] <= step]
-                write_text(path, "".join(json.dumps(r, sort_keys=name == METRICS) + "\n" for r in kept))
+                write_text(path, "".join(_json_line(name, r) for r in kept))
         path = self.path / ALIGNMENT
         if path.exists():
             frame = self.read_alignment()
             kept = frame[frame["step"] <= step]
             write_text(path, kept.to_csv(index=False, lineterminator="\n") if len(kept) else "")
+
+
+def _json_line(log: str, record: dict[str, Any]) -> str:
+    """A JSONL log record as it is written, whether appended or rewritten after a resume: metrics with
+    sorted keys, spectra in insertion order."""
+    return json.dumps(record, sort_keys=log == METRICS) + "\n"
 
 
 def _append(path: Path, text: str) -> None:
