@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -143,35 +142,22 @@ def load_run(path: Path, name: str) -> RunLog:
             f"{path} has no alignment records ({ALIGNMENT} is missing or empty); "
             "wait until `sift train` has logged a step, or pass another run"
         )
-    optim, train = spec_sections(run)
+    spec = run.load_spec()
     alignment["tau"] = pd.to_numeric(alignment["tau"], errors="coerce")
     alignment["component"] = alignment["component"].astype(str)
-    alignment["conflict"] = alignment["tau"] < float(optim["eps"])
+    alignment["conflict"] = alignment["tau"] < spec.optim.eps
     alignment["fired"] = alignment["branch"].eq("sift")
     return RunLog(
         name=name,
         run=run,
-        eps=float(optim["eps"]),
-        method=str(optim.get("method", "sift")),
-        tau_source=str(optim.get("tau_source", "momentum")),
-        total_steps=train.get("steps"),
-        k=optim.get("k"),
+        eps=spec.optim.eps,
+        method=spec.optim.method,
+        tau_source=spec.optim.tau_source,
+        total_steps=spec.train.steps,
+        k=spec.optim.k,
         alignment=alignment,
         spectra=run.read_spectra(),
     )
-
-
-def spec_sections(run: RunDir) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The spec's optim and train sections; the gate threshold eps is the one key localize cannot guess."""
-    try:
-        spec = run.read_spec()
-    except yaml.YAMLError:
-        raise SiftError(f"{run.spec_path} is not valid YAML; restore it from the `sift train` run") from None
-    optim = spec.get("optim") if isinstance(spec, dict) else None
-    if not isinstance(optim, dict) or not isinstance(optim.get("eps"), (int, float)):
-        raise SiftError(f"{run.spec_path} has no numeric optim.eps; add the gate threshold the run used")
-    train = spec.get("train") if isinstance(spec.get("train"), dict) else {}
-    return optim, train
 
 
 def run_stats(log: RunLog) -> RunStats:

@@ -97,14 +97,19 @@ class RunDir:
     def plots_dir(self) -> Path:
         return self.path / PLOTS
 
-    def read_spec(self) -> dict[str, Any]:
-        """The raw resolved spec as a dict (validate with `sift_cli.spec.RunSpec` where needed)."""
-        return yaml.safe_load(self.spec_path.read_text(encoding="utf-8"))
-
     def load_spec(self) -> RunSpec:
         """The validated spec this run was trained with, its output pointing here (the directory may
-        have been moved since)."""
-        spec = validate_spec(self.read_spec())
+        have been moved since). Every reader of a run gets its settings through this one model."""
+        try:
+            tree = yaml.safe_load(self.spec_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise SiftError(f"{self.spec_path} cannot be read ({type(exc).__name__}); restore it from the `sift train` run") from None
+        if not isinstance(tree, dict):
+            raise SiftError(f"{self.spec_path} does not hold a run spec; restore it from the `sift train` run")
+        try:
+            spec = validate_spec(tree)
+        except SiftError as exc:
+            raise SiftError(f"{self.spec_path} is not a valid run spec: {exc}") from None
         if Path(spec.output).resolve() != self.path.resolve():
             spec = spec.model_copy(update={"output": self.path})
         return spec

@@ -6,12 +6,15 @@ config fails in a second instead of after the model has loaded.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sift_cli.engine.config import OptimizerConfig
 from sift_cli.errors import SiftError
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -35,33 +38,23 @@ class DataSpec(_Strict):
     max_length: int = Field(256, ge=8)
 
 
-class OptimSpec(_Strict):
-    method: Literal["sift", "muon", "adamw", "blur"] = "sift"
-    lr: float = Field(1e-3, gt=0)
-    adamw_lr: Optional[float] = Field(None, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.95, ge=0, lt=1)
-    eps: float = -0.1
-    k: Optional[int] = Field(128, ge=1, description="top-K subspace size; null = full numerical rank")
-    tau_source: Literal["grad", "momentum"] = "momentum"
-    scale_rule: Literal["kj", "match_rms_adamw"] = "match_rms_adamw"
-    lam: float = Field(1.0, ge=0, description="weight of f in lam*f + g")
-    blur_alpha: float = 1.0
-    sift_regex: str = ".*"
-    adamw_regex: str = r"(embed|lm_head|output_layer|wte|wpe|norm|bias)"
-    exact: bool = False
-    subspace: str = "auto"
-    split_fused_qkv: bool = Field(
-        True, description="gate the Q, K and V row slices of a fused query_key_value matrix (GLM) as separate blocks"
-    )
+@dataclass
+class OptimSpec(OptimizerConfig):
+    """The engine's settings plus how the model's fused matrices map onto them.
 
-    @model_validator(mode="after")
-    def _gate_is_a_conflict(self) -> "OptimSpec":
-        if self.method == "sift" and not -1.0 <= self.eps < 0.0:
-            raise ValueError(
-                f"optim.eps={self.eps} never marks a conflict; SIFT needs -1 <= eps < 0 (paper: -0.1 to -0.8)"
-            )
-        return self
+    Every engine setting comes from `OptimizerConfig` itself; only `split_fused_qkv`, which reads the
+    model's config, is the spec's own."""
+
+    split_fused_qkv: bool = True
+    """gate the Q, K and V row slices of a fused query_key_value matrix (GLM) as separate blocks"""
+
+    def problems(self) -> list[str]:
+        """The engine's checks, plus one a run needs: a gate that can fire only on a conflict (the
+        engine itself accepts any eps, which its tests use to force a branch)."""
+        found = super().problems()
+        if self.method == "sift" and math.isfinite(self.eps) and not -1.0 <= self.eps < 0.0:
+            found.append(f"eps={self.eps} never marks a conflict; SIFT needs -1 <= eps < 0 (paper: -0.1 to -0.8)")
+        return found
 
 
 class TrainSpec(_Strict):
@@ -197,21 +190,27 @@ def validate_spec(tree: dict[str, Any]) -> RunSpec:
 
 
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """The first problem of a pydantic error as one line: field path, what is wrong, how to fix it.
+    """Every problem of a pydantic error, one line each: field path, what is wrong, how to fix it.
 
-    Messages of our own validators already name their fields and are passed through as they are.
-    """
-    err = exc.errors()[0]
+    Messages of our own validators name their settings relative to the section that raised them, so
+    they get the section's path in front (`eps=0.2 ...` raised by `optim` reads `optim.eps=0.2 ...`)."""
+    return "\n".join(line for err in exc.errors() for line in _describe(err, prefix))
+
+
+def _describe(err: Any, prefix: str) -> list[str]:
     where = prefix + ".".join(str(part) for part in err["loc"])
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"unknown spec key {where!r}; remove it or check the spelling (see `sift train --dry-run`)"
+        return [f"unknown spec key {where!r}; remove it or check the spelling (see `sift train --dry-run`)"]
     if kind == "missing":
-        return f"spec key {where!r} is required; set it in the config or with --set {where}=..."
+        return [f"spec key {where!r} is required; set it in the config or with --set {where}=..."]
     message = err["msg"].removeprefix("Value error, ")
     if kind in ("value_error", "assertion_error"):
-        return message
-    return f"spec key {where!r}: {message} (got {err.get('input')!r})"
+        section = f"{where}." if where else ""
+        return [section + line for line in message.splitlines()]
+    if kind == "bool_parsing":
+        message = "expected true or false"
+    return [f"spec key {where!r}: {message} (got {err.get('input')!r})"]
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

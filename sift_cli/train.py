@@ -15,7 +15,7 @@ import re
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -71,11 +71,12 @@ class IndexStream:
 
 def optimizer_config(optim: OptimSpec, model_config: Any = None) -> OptimizerConfig:
     """The engine's config of a spec's optim section; a fused query_key_value matrix of `model_config`
-    (GLM) is split into its Q, K and V row blocks unless optim.split_fused_qkv is false."""
-    fields = optim.model_dump()
-    split = fields.pop("split_fused_qkv")
-    splits = fused_qkv.block_splits(model_config) if split and model_config is not None else {}
-    return OptimizerConfig(**fields, block_splits={pattern: tuple(rows) for pattern, rows in splits.items()})
+    (GLM) is split into its Q, K and V row blocks unless optim.split_fused_qkv is false (splits given in
+    optim.block_splits win over the detected ones)."""
+    settings = {item.name: getattr(optim, item.name) for item in fields(OptimizerConfig)}
+    detected = fused_qkv.block_splits(model_config) if optim.split_fused_qkv and model_config is not None else {}
+    settings["block_splits"] = {**{pattern: tuple(rows) for pattern, rows in detected.items()}, **optim.block_splits}
+    return OptimizerConfig(**settings)
 
 
 def trainable_regex(spec: RunSpec) -> str:

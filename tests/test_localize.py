@@ -29,6 +29,7 @@ def write_spec(path: Path, steps: int, eps: float = EPS, method: str = "sift", k
     path.mkdir(parents=True, exist_ok=True)
     spec = {
         "app": "unlearning",
+        "data": {"path": str(path / "data")},
         "optim": {"eps": eps, "method": method, "k": k, "tau_source": "momentum"},
         "train": {"steps": steps},
     }
@@ -327,10 +328,16 @@ def test_empty_alignment_log(tmp_path):
         localize([run.path], console=quiet())
 
 
-def test_spec_without_eps(tmp_path):
+def test_invalid_run_spec_is_refused_in_one_line(tmp_path):
+    """localize reads a run's settings through the run-spec model, so it refuses what train would."""
     tiny_run(tmp_path / "run", spectra=False)
-    (tmp_path / "run" / "spec.yaml").write_text("app: unlearning\n", encoding="utf-8")
-    with pytest.raises(SiftError, match="optim.eps"):
+    spec = tmp_path / "run" / "spec.yaml"
+    spec.write_text("app: unlearning\noptim: {eps: 0.3}\n", encoding="utf-8")
+    with pytest.raises(SiftError, match="spec key 'data' is required") as caught:
+        localize([tmp_path / "run"], console=quiet())
+    assert "optim.eps=0.3 never marks a conflict" in str(caught.value)
+    spec.write_text("app: [unclosed\n", encoding="utf-8")
+    with pytest.raises(SiftError, match="spec.yaml cannot be read"):
         localize([tmp_path / "run"], console=quiet())
 
 

@@ -73,3 +73,53 @@ def test_missing_config_and_unknown_preset(tmp_path: Path) -> None:
         resolve_spec(preset="nope")
     with pytest.raises(SiftError, match="no application given"):
         resolve_spec()
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("optim.subspace=fast", "'auto' or 'randomized'"),
+        ("optim.nesterov=maybe", "expected true or false"),
+        ("optim.lr=.inf", "optim.lr=inf: expected a finite number"),
+        ("optim.sift_regex=(", "optim.sift_regex='(' is not a valid regular expression"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas=[0.9, 1.5]: expected two numbers in [0, 1)"),
+    ],
+)
+def test_engine_settings_are_checked_when_the_spec_loads(assignment: str, message: str) -> None:
+    with pytest.raises(SiftError) as caught:
+        resolve_spec(app="unlearning", assignments=[assignment])
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_every_engine_setting_is_reachable_from_the_spec() -> None:
+    spec = resolve_spec(
+        app="unlearning", assignments=["optim.nesterov=false", "optim.betas=[0.8, 0.99]", "optim.adam_eps=1e-6"]
+    )
+    assert (spec.optim.nesterov, spec.optim.betas, spec.optim.adam_eps) == (False, (0.8, 0.99), 1e-6)
+    from dataclasses import fields
+
+    from sift_cli.engine import OptimizerConfig
+    from sift_cli.train import optimizer_config
+
+    engine = optimizer_config(spec.optim)
+    assert type(engine) is OptimizerConfig
+    assert {f.name: getattr(engine, f.name) for f in fields(OptimizerConfig)} == {
+        f.name: getattr(spec.optim, f.name) for f in fields(OptimizerConfig)
+    }
+
+
+def test_all_spec_errors_are_reported_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_text("app: unlearning\ntrian: {steps: 3}\noptim: {lr: -1, eps: 0.3}\n")
+    with pytest.raises(SiftError) as caught:
+        resolve_spec(config=config)
+    lines = str(caught.value).splitlines()
+    assert any("unknown spec key 'trian'" in line for line in lines)
+    assert any("spec key 'data' is required" in line for line in lines)
+    with pytest.raises(SiftError) as caught:
+        resolve_spec(app="unlearning", assignments=["optim.lr=-1", "optim.eps=0.3"])
+    assert str(caught.value).splitlines() == [
+        "optim.lr=-1: expected a positive number",
+        "optim.eps=0.3 never marks a conflict; SIFT needs -1 <= eps < 0 (paper: -0.1 to -0.8)",
+    ]

@@ -57,7 +57,7 @@ def test_train_writes_a_run_directory_that_later_commands_read(tiny_model_dir, d
     assert result.exit_code == 0, result.output
     run = RunDir.open(run_path)
 
-    spec = RunSpec.model_validate(run.read_spec())
+    spec = run.load_spec()
     assert (spec.train.steps, spec.optim.k, spec.objective["layer"]) == (3, 4, 1)
     env = run.read_env()
     assert env["torch"] == torch.__version__ and env["world_size"] == 1 and env["seed"] == spec.train.seed

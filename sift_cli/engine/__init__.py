@@ -1,8 +1,9 @@
 """The SIFT engine: pure torch (no transformers), usable on CPU and CUDA."""
 
+from .config import OptimizerConfig
 from .direction import sift_direction, sift_direction_reference
 from .linalg import alignment, msign, msign_exact, pseudo_polar
-from .optimizer import BlockReport, OptimizerConfig, SiftOptimizer, StepReport, spectral_scale
+from .optimizer import BlockReport, SiftOptimizer, StepReport, spectral_scale
 from .pome import pome_edit
 from .routing import Block, Route, route_parameters
 from .updates import blur_combine

@@ -4,71 +4,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from .direction import Subspace, combine_subspaces, sift_direction, top_k_tracked
+from .config import OptimizerConfig, ScaleRule
+from .direction import combine_subspaces, sift_direction, top_k_tracked
 from .linalg import alignment, msign
-from .routing import Block, RowSplits, Route, route_parameters
+from .routing import Block, Route, route_parameters
 from .updates import adamw_update, blur_combine
 
-Method = Literal["sift", "muon", "adamw", "blur"]
-TauSource = Literal["grad", "momentum"]
-ScaleRule = Literal["kj", "match_rms_adamw"]
 Objective = Literal["f", "g"]
 Branch = Literal["sift", "muon", "adamw"]
-
-
-@dataclass
-class OptimizerConfig:
-    """Hyperparameters of every method; fields a method does not use are ignored by it.
-
-    lr is the learning rate of the "spectral" param group (hidden matrices), adamw_lr (None: lr) that of
-    the "adamw" group; under "adamw" and "blur" both groups take AdamW, each with its own lr. lam
-    weights f in lam*f + g for the Muon and AdamW branches; SIFT's direction does not depend on it.
-    subspace: how the fast SIFT path finds top-k subspaces, "auto" (warm-started subspace iteration per
-    block, full SVD when k is None or k + max(k, 10) >= min(m, n)) or "randomized" (cold range finder
-    every step, no cache); exact=True takes full SVDs instead.
-    block_splits: {parameter-name regex: ((label, rows), ...)} for fused matrices (GLM's query_key_value)
-    whose row slices each get their own momentum alignment, gate, direction and scale, and are reported
-    as `name[label]`.
-    """
-
-    method: Method = "sift"
-    lr: float = 2e-2
-    adamw_lr: float | None = None
-    weight_decay: float = 0.0
-    momentum: float = 0.95
-    nesterov: bool = True
-    eps: float = -0.1
-    k: int | None = 128
-    tau_source: TauSource = "momentum"
-    scale_rule: ScaleRule = "match_rms_adamw"
-    lam: float = 1.0
-    blur_alpha: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    sift_regex: str = r".*"
-    adamw_regex: str = r"(embed|lm_head|output_layer|wte|wpe|norm|bias)"
-    exact: bool = False
-    subspace: Subspace = "auto"
-    block_splits: dict[str, RowSplits] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        choices: dict[str, tuple[Any, ...]] = {
-            "method": ("sift", "muon", "adamw", "blur"),
-            "tau_source": ("grad", "momentum"),
-            "scale_rule": ("kj", "match_rms_adamw"),
-            "subspace": ("auto", "randomized"),
-        }
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key}={getattr(self, key)!r}: expected one of {allowed}")
-        if self.k is not None and self.k < 1:
-            raise ValueError(f"k={self.k}: expected a positive int or None")
 
 
 @dataclass(frozen=True)

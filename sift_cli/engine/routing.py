@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from .optimizer import OptimizerConfig
+from .config import OptimizerConfig, RowSplits
 
 RouteKind = Literal["spectral", "adamw"]
-RowSplits = tuple[tuple[str, int], ...]
-"""(label, rows) per slice, top to bottom: a fused matrix whose row slices are separate blocks."""
 
 
 @dataclass(frozen=True)
