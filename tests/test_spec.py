@@ -120,6 +120,6 @@ def test_all_spec_errors_are_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(SiftError) as caught:
         resolve_spec(app="unlearning", assignments=["optim.lr=-1", "optim.eps=0.3"])
     assert str(caught.value).splitlines() == [
-        "optim.lr=-1: expected a positive number",
+        "optim.lr=-1.0: expected a positive number",
         "optim.eps=0.3 never marks a conflict; SIFT needs -1 <= eps < 0 (paper: -0.1 to -0.8)",
     ]
