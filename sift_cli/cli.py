@@ -66,7 +66,7 @@ def prepare_unlearning(
     max_rows: Optional[int] = typer.Option(None, help="keep at most this many rows per source"),
 ) -> None:
     """Forget text (WMDP corpora) and retain text (wikitext) for RMU unlearning."""
-    from sift_cli.apps import unlearning
+    from sift_cli.apps.unlearning import app as unlearning
 
     unlearning.prepare(output, forget=forget, retain=retain, min_chars=min_chars, max_rows=max_rows, console=console)
 
@@ -91,7 +91,7 @@ def prepare_speech(
     seed: int = typer.Option(0, help="seed of the row samples"),
 ) -> None:
     """Spoken question-answering data (CoS-E, e-SNLI, OpenBookQA) for speech adaptation: TTS + speech tokens."""
-    from sift_cli.apps import speech
+    from sift_cli.apps.speech import app as speech
 
     speech.prepare(
         output,
@@ -125,7 +125,7 @@ def prepare_safety(
     seed: int = typer.Option(0, help="seed of the --max-rows sample"),
 ) -> None:
     """SFT examples (Alpaca) for f and DPO preference pairs (PKU-SafeRLHF) for g."""
-    from sift_cli.apps import safety
+    from sift_cli.apps.safety import app as safety
 
     safety.prepare(
         output,
@@ -162,7 +162,8 @@ def prepare_hallucination(
     max_rows: Optional[int] = typer.Option(None, help="keep at most this many responses per split"),
 ) -> None:
     """Responses with hallucinated spans (RAGTruth) for hallucination mitigation: train and test splits."""
-    from sift_cli.apps import hallucination, ragtruth
+    from sift_cli.apps.hallucination import app as hallucination
+    from sift_cli.apps.hallucination import ragtruth
 
     filters = ragtruth.Filters(
         task_types=tuple(task_type) or ragtruth.TASK_TYPES,
@@ -197,7 +198,7 @@ def train(
     from sift_cli.spec import resolve_spec
 
     if resume is not None:
-        from sift_cli.rundir import RunDir
+        from sift_cli.store.rundir import RunDir
         from sift_cli.train import train as run_training
 
         run_training(RunDir.open(resume).load_spec(), console=console, resume=True)
@@ -216,7 +217,7 @@ def train(
         assignments = [f"optim.k={'null' if k_value is None else k_value}", *assignments]
     spec = resolve_spec(app=app_name, preset=preset, config=config, overrides=overrides, assignments=assignments)
     if dry_run:
-        from sift_cli.dryrun import print_dry_run
+        from sift_cli.plan import print_dry_run
 
         print_dry_run(spec, console)
         return
@@ -235,7 +236,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run: the app's metrics and lm-eval utility tasks, written to run_dir/eval/."""
     from sift_cli.apps.base import EvalOptions
-    from sift_cli.evaluate import evaluate_run
+    from sift_cli.evaluation.evaluate import evaluate_run
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     evaluate_run(run_dir, EvalOptions(tasks=task_list, limit=limit, batch_size=batch_size), console=console)
@@ -260,7 +261,7 @@ def demo(
     steps: Optional[int] = typer.Option(None, help="override the demo's number of steps"),
 ) -> None:
     """Offline unlearning demo on SmolLM2-135M: SIFT vs AdamW, one comparison table."""
-    from sift_cli.demo import run_demo
+    from sift_cli.demo.run import run_demo
 
     run_demo(output, console=console, steps=steps)
 

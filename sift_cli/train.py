@@ -26,15 +26,16 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from torch import nn
 
 import sift_cli
-from sift_cli import fused_qkv, naming
+from sift_cli.hf import fused_qkv
+from sift_cli.hf import naming
 from sift_cli.apps import get_app
 from sift_cli.apps.base import Batch, Objectives
-from sift_cli.atomic import write_json, write_text, write_with
+from sift_cli.store.atomic import write_json, write_text, write_with
 from sift_cli.engine import OptimizerConfig, Route, SiftOptimizer, StepReport, route_parameters
 from sift_cli.errors import SiftError
-from sift_cli.models import load_model, load_tokenizer
-from sift_cli.prepared import load_prepared
-from sift_cli.rundir import ENV, RunDir
+from sift_cli.hf.loading import load_model, load_tokenizer
+from sift_cli.store.prepared import load_prepared
+from sift_cli.store.rundir import ENV, RunDir
 from sift_cli.spec import OptimSpec, RunSpec
 
 CHECKPOINT_GLOB = "step-*.pt"

@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 
 from helpers import serving
 
-from sift_cli.apps import hallucination, ragtruth
+from sift_cli.apps.hallucination import app as hallucination
+from sift_cli.apps.hallucination import ragtruth
 from sift_cli.apps.base import EvalOptions
 from sift_cli.cli import app as cli_app
 from sift_cli.errors import SiftError
-from sift_cli.generate import generate, prompt_ids
-from sift_cli.prepared import load_prepared
-from sift_cli.rundir import RunDir
+from sift_cli.evaluation.generate import generate, prompt_ids
+from sift_cli.store.prepared import load_prepared
+from sift_cli.store.rundir import RunDir
 from sift_cli.spec import validate_spec
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -510,7 +511,7 @@ def test_evaluate_counts_judge_errors_and_never_writes_the_key(
 
 
 def test_a_local_judge_that_cannot_answer_counts_as_errors(word_model_dir: Path, tokenizer: Any, prepared: Path, tmp_path: Path) -> None:
-    from sift_cli.models import load_model
+    from sift_cli.hf.loading import load_model
 
     spec = validate_spec(
         {

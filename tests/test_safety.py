@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from sift_cli.apps import safety
+from sift_cli.apps.safety import app as safety
 from sift_cli.apps.base import EvalOptions
-from sift_cli.apps.safety_data import alpaca_prompt, load_prompt_set, pku_pairs
+from sift_cli.apps.safety.data import alpaca_prompt, load_prompt_set, pku_pairs
 from sift_cli.errors import SiftError
-from sift_cli.judge import JudgeError
-from sift_cli.prepared import load_prepared
-from sift_cli.refusal import is_refusal
-from sift_cli.rundir import RunDir
+from sift_cli.evaluation.judge import JudgeError
+from sift_cli.store.prepared import load_prepared
+from sift_cli.apps.safety.refusal import is_refusal
+from sift_cli.store.rundir import RunDir
 from sift_cli.spec import validate_spec
 
 PKU_ROWS = [
@@ -384,7 +384,7 @@ def test_evaluate_with_a_judge_counts_its_failures(
 ) -> None:
     model, tokenizer = tiny
     judge = ScriptedJudge(["REFUSAL", JudgeError("timeout")])
-    monkeypatch.setattr("sift_cli.judge.make_judge", lambda *args, **kwargs: judge)
+    monkeypatch.setattr("sift_cli.evaluation.judge.make_judge", lambda *args, **kwargs: judge)
     prompts = write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": p} for p in HARMFUL_PROMPTS])
     spec = make_spec(prepared, safety_sets=[str(prompts)], max_new_tokens=4, judge="local", judge_model="x")
     results = safety.evaluate(model, tokenizer, spec, RunDir(tmp_path / "run"), EvalOptions(tasks=[], batch_size=1))
@@ -396,7 +396,7 @@ def test_train_and_evaluate_a_tiny_run(tiny_model_dir: Path, prepared: Path, tmp
     """The objectives drive the real training loop (precomputed reference on the device) end to end."""
     from rich.console import Console
 
-    from sift_cli.evaluate import evaluate_run
+    from sift_cli.evaluation.evaluate import evaluate_run
     from sift_cli.train import train
 
     prompts = write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": p} for p in HARMFUL_PROMPTS])

@@ -21,20 +21,20 @@ from torch import nn
 from conftest import tiny_llama, tiny_tokenizer
 from typer.testing import CliRunner
 
-from sift_cli.apps import speech
+from sift_cli.apps.speech import app as speech
 from sift_cli.apps.base import EvalOptions
 from sift_cli.cli import app as cli_app
 from sift_cli.errors import SiftError
-from sift_cli.prepared import load_prepared
-from sift_cli.rundir import RunDir
+from sift_cli.store.prepared import load_prepared
+from sift_cli.store.rundir import RunDir
 from sift_cli.spec import resolve_spec
-from sift_cli import fused_qkv as qkv
-from sift_cli import naming
+from sift_cli.hf import fused_qkv as qkv
+from sift_cli.hf import naming
 from sift_cli.spec import OptimSpec
 from sift_cli.train import plan_routes
-from sift_cli.speech import answers, output, prompts, sources, tts, whisper_vq
-from sift_cli.speech.audio import Audio, resample
-from sift_cli.speech.tokens import (
+from sift_cli.apps.speech import answers, output, prompts, sources, tts, whisper_vq
+from sift_cli.apps.speech.audio import Audio, resample
+from sift_cli.apps.speech.tokens import (
     BEGIN_AUDIO,
     END_AUDIO,
     IGNORE,
@@ -312,7 +312,7 @@ def test_training_plan_gates_glm_qkv_slices_apart() -> None:
 
 
 def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
-    from sift_cli.dryrun import plan, state_bytes
+    from sift_cli.plan import plan, state_bytes
 
     class TinyGlm(nn.Module):
         def __init__(self) -> None:
@@ -603,7 +603,7 @@ def test_audio_outputs_go_through_decoder_and_asr(prepared: Path, tmp_path: Path
     )
     add_speech_tokens(model, tokenizer, 1024)
     generated = [[tokenizer.convert_tokens_to_ids(audio_token(5))] * 3]
-    monkeypatch.setattr("sift_cli.generate.generate_ids", lambda *args, **kwargs: generated * 2)
+    monkeypatch.setattr("sift_cli.evaluation.generate.generate_ids", lambda *args, **kwargs: generated * 2)
     results = speech.evaluate(model, tokenizer, spec, RunDir(tmp_path / "run"), EvalOptions(batch_size=2))
     assert results["settings"] == {"text->audio": {"accuracy": 0.5, "n": 2, "correct": 1, "unparsed": 0}}
     assert len(heard) == 2

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sift_cli.cli import app
-from sift_cli.rundir import RunDir
+from sift_cli.store.rundir import RunDir
 from sift_cli.spec import RunSpec
 
 TRAINABLE = r"layers\.(0|1)\.mlp\.down_proj"

@@ -8,10 +8,10 @@ from sift_cli.apps.base import App
 from sift_cli.errors import SiftError
 
 _MODULES = {
-    "unlearning": "sift_cli.apps.unlearning",
-    "hallucination": "sift_cli.apps.hallucination",
-    "safety": "sift_cli.apps.safety",
-    "speech": "sift_cli.apps.speech",
+    "unlearning": "sift_cli.apps.unlearning.app",
+    "hallucination": "sift_cli.apps.hallucination.app",
+    "safety": "sift_cli.apps.safety.app",
+    "speech": "sift_cli.apps.speech.app",
 }
 
 

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sift_cli.atomic import write_json, write_jsonl
+from sift_cli.store.atomic import write_json, write_jsonl
 from sift_cli.errors import SiftError
 
 MANIFEST = "manifest.json"

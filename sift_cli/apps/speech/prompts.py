@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from sift_cli.errors import SiftError
-from sift_cli.speech.tokens import SPEECH_CHUNK, TEXT_CHUNK, speech_string
+from sift_cli.apps.speech.tokens import SPEECH_CHUNK, TEXT_CHUNK, speech_string
 
 FORMATS = ("auto", "glm4voice", "chat")
 GLM_ROLES = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -48,7 +48,7 @@ def prompt_ids(
     if fmt == "glm4voice":
         text = f"<|system|>\n{system}<|user|>\n{content}<|assistant|>streaming_transcription\n"
         return list(tokenizer(text, add_special_tokens=True)["input_ids"])
-    from sift_cli.generate import prompt_ids as chat_prompt_ids
+    from sift_cli.evaluation.generate import prompt_ids as chat_prompt_ids
 
     return chat_prompt_ids(tokenizer, [{"role": "system", "content": system}, {"role": "user", "content": content}])
 
@@ -63,6 +63,6 @@ def end_of_reply(tokenizer: Any, fmt: str) -> int:
 
 
 def stop_ids(model: Any, tokenizer: Any, fmt: str) -> Sequence[int]:
-    from sift_cli.generate import stop_ids as chat_stop_ids
+    from sift_cli.evaluation.generate import stop_ids as chat_stop_ids
 
     return sorted({end_of_reply(tokenizer, fmt), *chat_stop_ids(model, tokenizer)})

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sift_cli.errors import SiftError, first_line
-from sift_cli.prepared import read_table
+from sift_cli.store.prepared import read_table
 
 PKU_ID = "PKU-Alignment/PKU-SafeRLHF"
 PKU_CONFIGS = ("default", "alpaca-7b", "alpaca2-7b", "alpaca3-8b")
@@ -32,7 +32,7 @@ HUB = "hub"
 PREFERENCES = ("safer", "better")
 
 # The two Stanford Alpaca templates. Rendering for a model without a chat template adds the newline
-# after "### Response:" (sift_cli.generate.prompt_ids), as in the dataset's `text` column.
+# after "### Response:" (sift_cli.evaluation.generate.prompt_ids), as in the dataset's `text` column.
 ALPACA_PROMPT_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sift_cli.errors import SiftError, first_line
-from sift_cli.models import resolve_model_path
+from sift_cli.hf.loading import resolve_model_path
 from sift_cli.spec import RunSpec
 from sift_cli.train import plan_routes, select_trainable, trainable_regex
 

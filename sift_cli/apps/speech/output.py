@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from sift_cli.errors import SiftError, first_line
-from sift_cli.speech.audio import Audio, resample
+from sift_cli.apps.speech.audio import Audio, resample
 
 GLM_DECODER = "glm4voice"
 GLM_DECODER_SOURCE = "THUDM/glm-4-voice-decoder"

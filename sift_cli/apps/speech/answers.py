@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from sift_cli.speech.sources import LETTERS, NLI_LABELS
+from sift_cli.apps.speech.sources import LETTERS, NLI_LABELS
 
 _ANSWER_WORD = re.compile(r"(?i:\banswer\b)")
 _NLI = re.compile(r"\b(entail|neutral|contradict)\w*", re.IGNORECASE)

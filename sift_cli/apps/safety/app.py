@@ -1,7 +1,7 @@
 """Safety alignment: keep following instructions (f: SFT on Alpaca) while preferring safe answers
 (g: DPO on PKU-SafeRLHF pairs, chosen = the safer response, reference = the frozen initial model).
 
-Prompts become token ids through `sift_cli.generate.prompt_ids`, the same function evaluation generates
+Prompts become token ids through `sift_cli.evaluation.generate.prompt_ids`, the same function evaluation generates
 with, so a model is trained and judged on exactly the same prompt format. `template` only decides the
 user message: the Alpaca template (the paper's base Llama-2-7b) or the plain instruction (chat models,
 whose own chat template then wraps it).
@@ -22,7 +22,7 @@ from torch import nn
 
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
 from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, pad_id
-from sift_cli.apps.safety_data import (
+from sift_cli.apps.safety.data import (
     ALPACA_ID,
     HUB,
     PKU_ID,
@@ -35,12 +35,12 @@ from sift_cli.apps.safety_data import (
     pku_pairs,
     sample_rows,
 )
-from sift_cli.atomic import write_jsonl
+from sift_cli.store.atomic import write_jsonl
 from sift_cli.errors import SiftError
-from sift_cli.generate import generate, prompt_ids
-from sift_cli.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
-from sift_cli.prepared import PreparedData, write_prepared
-from sift_cli.refusal import is_refusal
+from sift_cli.evaluation.generate import generate, prompt_ids
+from sift_cli.evaluation.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
+from sift_cli.store.prepared import PreparedData, write_prepared
+from sift_cli.apps.safety.refusal import is_refusal
 
 APP = "safety"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
@@ -383,7 +383,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
             write_jsonl(run.eval_dir / f"safety_{key}.jsonl", rows)
     tasks = options.tasks if options.tasks is not None else opts.utility_tasks
     if tasks:
-        from sift_cli.lmeval import run_tasks
+        from sift_cli.evaluation.lmeval import run_tasks
 
         results["utility"] = run_tasks(
             model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress

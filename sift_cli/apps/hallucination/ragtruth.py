@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from sift_cli.atomic import write_with
+from sift_cli.store.atomic import write_with
 from sift_cli.errors import SiftError
-from sift_cli.prepared import read_jsonl
+from sift_cli.store.prepared import read_jsonl
 
 DEFAULT_SOURCE = "https://raw.githubusercontent.com/ParticleMedia/RAGTruth/main/dataset"
 RESPONSE_FILE = "response.jsonl"

@@ -25,11 +25,11 @@ from torch import nn
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
 from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id
 from sift_cli.errors import SiftError
-from sift_cli.prepared import PreparedData, write_prepared
-from sift_cli.speech import prompts, sources
-from sift_cli.speech.answers import parse_answer
-from sift_cli.speech.output import ASR_MODEL, GLM_DECODER, GLM_DECODER_SOURCE
-from sift_cli.speech.tokens import (
+from sift_cli.store.prepared import PreparedData, write_prepared
+from sift_cli.apps.speech import prompts, sources
+from sift_cli.apps.speech.answers import parse_answer
+from sift_cli.apps.speech.output import ASR_MODEL, GLM_DECODER, GLM_DECODER_SOURCE
+from sift_cli.apps.speech.tokens import (
     SPEECH_CHUNK,
     TEXT_CHUNK,
     SpeechVocab,
@@ -38,8 +38,8 @@ from sift_cli.speech.tokens import (
     label_streams,
     read_speech_vocab,
 )
-from sift_cli.speech.tts import TtsBackend, choose_tts
-from sift_cli.speech.whisper_vq import GLM_TOKENIZER, SpeechTokenizer, load_speech_tokenizer
+from sift_cli.apps.speech.tts import TtsBackend, choose_tts
+from sift_cli.apps.speech.whisper_vq import GLM_TOKENIZER, SpeechTokenizer, load_speech_tokenizer
 
 APP = "speech"
 # Hidden matrices of Llama-style and GLM models. A Llama-style model's embeddings (tied to its output
@@ -243,9 +243,9 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     X->text, its speech tokens decoded and transcribed for X->audio.
     """
 
-    from sift_cli.atomic import write_jsonl
-    from sift_cli.prepared import load_prepared
-    from sift_cli.generate import generate_ids
+    from sift_cli.store.atomic import write_jsonl
+    from sift_cli.store.prepared import load_prepared
+    from sift_cli.evaluation.generate import generate_ids
 
     opts = options.objective(Options, spec)
     data = load_prepared(spec.data.path, APP)
@@ -255,7 +255,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     settings = list(dict.fromkeys(opts.eval_settings))
     speech_to_text = None
     if any(setting.endswith("->audio") for setting in settings):
-        from sift_cli.speech.output import load_speech_to_text
+        from sift_cli.apps.speech.output import load_speech_to_text
 
         device = str(next(model.parameters()).device)
         speech_to_text = load_speech_to_text(opts.speech_decoder, opts.speech_decoder_path, opts.asr_model, device)

@@ -118,7 +118,7 @@ class LocalHFJudge:
     """A causal LM on this machine (any HF id or directory, or the offline default), greedy decoding."""
 
     def __init__(self, model_path: str, max_new_tokens: int = 256, dtype: str = "float32") -> None:
-        from sift_cli.models import load_model, load_tokenizer
+        from sift_cli.hf.loading import load_model, load_tokenizer
         from sift_cli.spec import ModelSpec
 
         spec = ModelSpec(name=model_path, dtype=dtype)
@@ -128,7 +128,7 @@ class LocalHFJudge:
         self.max_new_tokens = max_new_tokens
 
     def complete(self, messages: Messages) -> str:
-        from sift_cli.generate import generate
+        from sift_cli.evaluation.generate import generate
 
         try:
             return generate(self.model, self.tokenizer, [messages], self.max_new_tokens, batch_size=1)[0]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sift_cli.errors import SiftError, first_line
-from sift_cli.speech.audio import Audio, resample
+from sift_cli.apps.speech.audio import Audio, resample
 
 GLM_TOKENIZER = "THUDM/glm-4-voice-tokenizer"
 LOCAL = "local"

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from sift_cli.errors import SiftError, first_line
-from sift_cli.prepared import read_jsonl
+from sift_cli.store.prepared import read_jsonl
 
 LETTERS = "ABCDEFGHIJ"
 LOCAL_SUFFIXES = (".jsonl",)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sift_cli.errors import SiftError, first_line
-from sift_cli.prepared import read_table
+from sift_cli.store.prepared import read_table
 
 DATASETS = ("cose", "esnli", "openbookqa")
 HUB = {"cose": ("Salesforce/cos_e", "v1.11"), "esnli": ("esnli", None), "openbookqa": ("allenai/openbookqa", "main")}

@@ -20,12 +20,12 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps import ragtruth
+from sift_cli.apps.hallucination import ragtruth
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
 from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, labelled_objectives, pad_id
 from sift_cli.errors import SiftError
-from sift_cli.judge import JudgeEndpoint
-from sift_cli.prepared import PreparedData, write_prepared
+from sift_cli.evaluation.judge import JudgeEndpoint
+from sift_cli.store.prepared import PreparedData, write_prepared
 
 APP = "hallucination"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
@@ -55,7 +55,7 @@ def prepare(
     console: Console | None = None,
 ) -> PreparedData:
     """Filter RAGTruth into train/test tables of responses with character spans, and a manifest that says how."""
-    from sift_cli.models import cache_dir
+    from sift_cli.hf.loading import cache_dir
 
     cache = cache_dir() / "ragtruth" / hashlib.sha256(source.encode()).hexdigest()[:16]
     directory = ragtruth.fetch_sources(source, cache)
@@ -104,7 +104,7 @@ def encode(tokenizer: Any, example: ragtruth.Example, max_length: int) -> dict[s
     character spans; its labels are then shifted by the prompt's length. Over `max_length`, the
     prompt loses its beginning first (keeping at least half the budget), then the response its end.
     """
-    from sift_cli.generate import prompt_ids
+    from sift_cli.evaluation.generate import prompt_ids
 
     prompt = prompt_ids(tokenizer, example.prompt)
     encoded = tokenizer(example.response, add_special_tokens=False, return_offsets_mapping=True)
@@ -199,7 +199,7 @@ def parse_verdict(reply: str) -> list[str]:
 
 def judge_answers(judge: Any, examples: Sequence[ragtruth.Example], answers: Sequence[str]) -> list[dict[str, Any]]:
     """One record per answer: the listed spans, or the error that kept it from being judged."""
-    from sift_cli.judge import JudgeError
+    from sift_cli.evaluation.judge import JudgeError
 
     records = []
     for example, answer in zip(examples, answers):
@@ -267,8 +267,8 @@ def _labelled_log_probs(
 
 def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: EvalOptions) -> dict:
     """Held-out label scores, the judged hallucination rate of generated answers, and lm-eval utility."""
-    from sift_cli.atomic import write_jsonl
-    from sift_cli.prepared import load_prepared
+    from sift_cli.store.atomic import write_jsonl
+    from sift_cli.store.prepared import load_prepared
 
     opts = options.objective(Options, spec)
     data = load_prepared(spec.data.path, APP)
@@ -277,8 +277,8 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
         "held_out": held_out_scores(model, tokenizer, rows, spec.data.max_length, options.batch_size)
     }
     if opts.judge != "none":
-        from sift_cli.generate import generate
-        from sift_cli.judge import describe
+        from sift_cli.evaluation.generate import generate
+        from sift_cli.evaluation.judge import describe
 
         judge = opts.make_judge(opts.judge)
         examples = [ragtruth.Example.from_row(row) for row in rows]
@@ -296,7 +296,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
         results["hallucination"] = {**hallucination_rate(records), "judge": describe(judge)}
     tasks = options.tasks if options.tasks is not None else opts.utility_tasks
     if tasks:
-        from sift_cli.lmeval import run_tasks
+        from sift_cli.evaluation.lmeval import run_tasks
 
         results["utility"] = run_tasks(
             model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress
