@@ -11,10 +11,10 @@ import torch
 from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from sift_cli.evaluation import lmeval
-from sift_cli.apps.unlearning import app as unlearning
 from sift_cli.apps.base import EvalOptions
+from sift_cli.apps.unlearning import app as unlearning
 from sift_cli.errors import SiftError
+from sift_cli.evaluation import lmeval
 from sift_cli.evaluation.evaluate import evaluate_run
 from sift_cli.spec import RunSpec
 

@@ -13,19 +13,18 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import serving
 from typer.testing import CliRunner
 
-from helpers import serving
-
+from sift_cli.apps.base import EvalOptions
 from sift_cli.apps.hallucination import app as hallucination
 from sift_cli.apps.hallucination import ragtruth
-from sift_cli.apps.base import EvalOptions
 from sift_cli.cli import app as cli_app
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
+from sift_cli.spec import validate_spec
 from sift_cli.store.prepared import load_prepared
 from sift_cli.store.rundir import RunDir
-from sift_cli.spec import validate_spec
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "<|user|>", "<|assistant|>", "<|end|>"]
 TEMPLATE = "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"

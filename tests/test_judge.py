@@ -11,7 +11,12 @@ import pytest
 from helpers import serving
 
 from sift_cli.errors import SiftError
-from sift_cli.evaluation.judge import JudgeError, OpenAICompatibleJudge, describe, make_judge
+from sift_cli.evaluation.judge import (
+    JudgeError,
+    OpenAICompatibleJudge,
+    describe,
+    make_judge,
+)
 
 KEY = "sk-judge-test-4b1e0d"
 ENV = "SIFT_TEST_JUDGE_KEY"

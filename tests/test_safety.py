@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from sift_cli.apps.safety import app as safety
 from sift_cli.apps.base import EvalOptions
+from sift_cli.apps.safety import app as safety
 from sift_cli.apps.safety.data import alpaca_prompt, load_prompt_set, pku_pairs
+from sift_cli.apps.safety.refusal import is_refusal
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.judge import JudgeError
-from sift_cli.store.prepared import load_prepared
-from sift_cli.apps.safety.refusal import is_refusal
-from sift_cli.store.rundir import RunDir
 from sift_cli.spec import validate_spec
+from sift_cli.store.prepared import load_prepared
+from sift_cli.store.rundir import RunDir
 
 PKU_ROWS = [
     {  # exactly one safe; safer = 1, better = 0

@@ -17,22 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from conftest import tiny_llama, tiny_tokenizer
+from torch import nn
 from typer.testing import CliRunner
 
-from sift_cli.apps.speech import app as speech
 from sift_cli.apps.base import EvalOptions
-from sift_cli.cli import app as cli_app
-from sift_cli.errors import SiftError
-from sift_cli.store.prepared import load_prepared
-from sift_cli.store.rundir import RunDir
-from sift_cli.spec import resolve_spec
-from sift_cli.hf import fused_qkv as qkv
-from sift_cli.hf import naming
-from sift_cli.spec import OptimSpec
-from sift_cli.train import plan_routes
 from sift_cli.apps.speech import answers, output, prompts, sources, tts, whisper_vq
+from sift_cli.apps.speech import app as speech
 from sift_cli.apps.speech.audio import Audio, resample
 from sift_cli.apps.speech.tokens import (
     BEGIN_AUDIO,
@@ -43,6 +34,14 @@ from sift_cli.apps.speech.tokens import (
     interleave,
     read_speech_vocab,
 )
+from sift_cli.cli import app as cli_app
+from sift_cli.errors import SiftError
+from sift_cli.hf import fused_qkv as qkv
+from sift_cli.hf import naming
+from sift_cli.spec import OptimSpec, resolve_spec
+from sift_cli.store.prepared import load_prepared
+from sift_cli.store.rundir import RunDir
+from sift_cli.plan import plan_routes
 
 COSE = [
     {

@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from sift_cli.cli import app
 from sift_cli.store.rundir import RunDir
-from sift_cli.spec import RunSpec
 
 TRAINABLE = r"layers\.(0|1)\.mlp\.down_proj"
 FORGET = [f"Pathogen note {i}: the virus enters the cell, copies its genome and spreads to the next cell." for i in range(30)]

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_llama
 
 from sift_cli.apps.unlearning import app as unlearning
 from sift_cli.errors import SiftError
-from sift_cli.store.prepared import load_prepared
 from sift_cli.spec import PRESETS_DIR, RunSpec, validate_spec
-from conftest import tiny_llama
+from sift_cli.store.prepared import load_prepared
 
 LAYER = 1
 
@@ -200,8 +200,8 @@ def test_presets_validate_and_train_only_layers_rmu_reaches(preset: str) -> None
 
 def test_demo_data_prepares_and_questions_are_valid_and_shuffled(tmp_path: Path) -> None:
     from sift_cli.demo import data as demo_data
-    from sift_cli.evaluation import lmeval
     from sift_cli.demo.run import write_demo_data
+    from sift_cli.evaluation import lmeval
 
     data, tasks = write_demo_data(tmp_path / "data")
     counts = load_prepared(data, "unlearning").manifest["counts"]

@@ -17,15 +17,15 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sift_cli.demo import data as demo_data
 from sift_cli.apps.base import EvalOptions
-from sift_cli.store.atomic import write_json, write_jsonl
+from sift_cli.demo import data as demo_data
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.evaluate import evaluate_model, evaluate_run, load_for_eval
 from sift_cli.evaluation.lmeval import CLOZE, local_task_name
+from sift_cli.spec import RunSpec, resolve_spec
+from sift_cli.store.atomic import write_json, write_jsonl
 from sift_cli.store.prepared import write_prepared
 from sift_cli.store.rundir import RunDir
-from sift_cli.spec import RunSpec, resolve_spec
 
 MARKER = ".sift-demo"
 METHODS = ("adamw", "sift")

@@ -16,11 +16,11 @@ from torch import nn
 
 from sift_cli.apps import get_app
 from sift_cli.apps.base import EvalOptions
-from sift_cli.store.atomic import write_json
 from sift_cli.errors import SiftError
 from sift_cli.hf.loading import load_model, load_tokenizer
-from sift_cli.store.rundir import RunDir
 from sift_cli.spec import RunSpec
+from sift_cli.store.atomic import write_json
+from sift_cli.store.rundir import RunDir
 
 RESULTS = "results.json"
 

@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from sift_cli.store.atomic import write_json, write_jsonl
 from sift_cli.errors import SiftError
+from sift_cli.store.atomic import write_json, write_jsonl
 
 MANIFEST = "manifest.json"
 

@@ -24,9 +24,9 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from sift_cli.store.atomic import write_text
 from sift_cli.errors import SiftError
 from sift_cli.spec import RunSpec, validate_spec
+from sift_cli.store.atomic import write_text
 
 SPEC = "spec.yaml"
 ENV = "env.json"

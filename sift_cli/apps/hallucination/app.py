@@ -20,9 +20,15 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.hallucination import ragtruth
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
-from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, labelled_objectives, pad_id
+from sift_cli.apps.batching import (
+    IGNORE,
+    label_collator,
+    label_log_probs,
+    labelled_objectives,
+    pad_id,
+)
+from sift_cli.apps.hallucination import ragtruth
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.judge import JudgeEndpoint
 from sift_cli.store.prepared import PreparedData, write_prepared

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from sift_cli.store.atomic import write_with
 from sift_cli.errors import SiftError
+from sift_cli.store.atomic import write_with
 from sift_cli.store.prepared import read_jsonl
 
 DEFAULT_SOURCE = "https://raw.githubusercontent.com/ParticleMedia/RAGTruth/main/dataset"

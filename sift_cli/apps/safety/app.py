@@ -35,12 +35,12 @@ from sift_cli.apps.safety.data import (
     pku_pairs,
     sample_rows,
 )
-from sift_cli.store.atomic import write_jsonl
+from sift_cli.apps.safety.refusal import is_refusal
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
 from sift_cli.evaluation.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
+from sift_cli.store.atomic import write_jsonl
 from sift_cli.store.prepared import PreparedData, write_prepared
-from sift_cli.apps.safety.refusal import is_refusal
 
 APP = "safety"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"

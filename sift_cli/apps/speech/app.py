@@ -24,8 +24,6 @@ from torch import nn
 
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
 from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id
-from sift_cli.errors import SiftError
-from sift_cli.store.prepared import PreparedData, write_prepared
 from sift_cli.apps.speech import prompts, sources
 from sift_cli.apps.speech.answers import parse_answer
 from sift_cli.apps.speech.output import ASR_MODEL, GLM_DECODER, GLM_DECODER_SOURCE
@@ -39,7 +37,13 @@ from sift_cli.apps.speech.tokens import (
     read_speech_vocab,
 )
 from sift_cli.apps.speech.tts import TtsBackend, choose_tts
-from sift_cli.apps.speech.whisper_vq import GLM_TOKENIZER, SpeechTokenizer, load_speech_tokenizer
+from sift_cli.apps.speech.whisper_vq import (
+    GLM_TOKENIZER,
+    SpeechTokenizer,
+    load_speech_tokenizer,
+)
+from sift_cli.errors import SiftError
+from sift_cli.store.prepared import PreparedData, write_prepared
 
 APP = "speech"
 # Hidden matrices of Llama-style and GLM models. A Llama-style model's embeddings (tied to its output
@@ -243,9 +247,9 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: Eva
     X->text, its speech tokens decoded and transcribed for X->audio.
     """
 
+    from sift_cli.evaluation.generate import generate_ids
     from sift_cli.store.atomic import write_jsonl
     from sift_cli.store.prepared import load_prepared
-    from sift_cli.evaluation.generate import generate_ids
 
     opts = options.objective(Options, spec)
     data = load_prepared(spec.data.path, APP)

@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from sift_cli.errors import SiftError, first_line
 from sift_cli.apps.speech.audio import Audio, resample
+from sift_cli.errors import SiftError, first_line
 
 GLM_DECODER = "glm4voice"
 GLM_DECODER_SOURCE = "THUDM/glm-4-voice-decoder"

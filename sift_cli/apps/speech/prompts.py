@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from sift_cli.errors import SiftError
 from sift_cli.apps.speech.tokens import SPEECH_CHUNK, TEXT_CHUNK, speech_string
+from sift_cli.errors import SiftError
 
 FORMATS = ("auto", "glm4voice", "chat")
 GLM_ROLES = ("<|system|>", "<|user|>", "<|assistant|>")

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sift_cli.errors import SiftError, first_line
 from sift_cli.apps.speech.audio import Audio, from_wav_bytes
+from sift_cli.errors import SiftError, first_line
 
 CHOICES = ("auto", "coqui", "piper", "espeak")
 COQUI_MODEL = "tts_models/en/vctk/vits"

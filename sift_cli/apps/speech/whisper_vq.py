@@ -24,8 +24,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from sift_cli.errors import SiftError, first_line
 from sift_cli.apps.speech.audio import Audio, resample
+from sift_cli.errors import SiftError, first_line
 
 GLM_TOKENIZER = "THUDM/glm-4-voice-tokenizer"
 LOCAL = "local"

@@ -19,10 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.evaluation import lmeval
 from sift_cli.apps.base import Batch, EvalOptions, Objectives
 from sift_cli.errors import SiftError, first_line
-from sift_cli.store.prepared import PreparedData, load_prepared, read_table, write_prepared
+from sift_cli.evaluation import lmeval
+from sift_cli.store.prepared import (
+    PreparedData,
+    load_prepared,
+    read_table,
+    write_prepared,
+)
 
 APP = "unlearning"
 DEFAULT_TRAINABLE = r"layers\.(5|6|7)\.mlp\.down_proj"
