@@ -54,128 +54,6 @@ def parse_k(text: str) -> Optional[int]:
     return value
 
 
-@prepare_app.command("unlearning")
-@user_errors
-def prepare_unlearning(
-    output: Path = typer.Option(Path("data/unlearning"), "--output", "-o", help="prepared-data directory to write"),
-    forget: List[str] = typer.Option(
-        ["cyber"], "--forget", help="'cyber' (cais/wmdp-corpora), or a local jsonl/parquet with a text column; repeatable"
-    ),
-    retain: str = typer.Option("wikitext", "--retain", help="'wikitext' (wikitext-2-raw-v1) or a local file"),
-    min_chars: int = typer.Option(50, help="drop retain rows with at most this many characters"),
-    max_rows: Optional[int] = typer.Option(None, help="keep at most this many rows per source"),
-) -> None:
-    """Forget text (WMDP corpora) and retain text (wikitext) for RMU unlearning."""
-    from sift_cli.apps.unlearning import app as unlearning
-
-    unlearning.prepare(output, forget=forget, retain=retain, min_chars=min_chars, max_rows=max_rows, console=console)
-
-
-@prepare_app.command("speech")
-@user_errors
-def prepare_speech(
-    dataset: str = typer.Option(..., "--dataset", help="cose, esnli or openbookqa"),
-    output: Path = typer.Option(Path("data/speech"), "--output", "-o", help="prepared-data directory to write"),
-    source: Optional[str] = typer.Option(
-        None, "--source", help="hub id (default Salesforce/cos_e, esnli, allenai/openbookqa) or a local directory of <split>.jsonl files in its schema"
-    ),
-    tts: str = typer.Option("auto", "--tts", help="auto, coqui (the paper's VCTK p347 voice), piper or espeak"),
-    voice: Optional[str] = typer.Option(None, "--voice", help="coqui speaker id, piper .onnx voice file, or espeak-ng voice"),
-    speech_tokenizer: str = typer.Option(
-        "THUDM/glm-4-voice-tokenizer", "--speech-tokenizer", help="hub id or local directory of the GLM-4-Voice tokenizer, or 'local' (small, offline, untrained)"
-    ),
-    train_split: Optional[str] = typer.Option(None, "--train-split", help="default: train"),
-    test_split: Optional[str] = typer.Option(None, "--test-split", help="default: validation for cose, test otherwise"),
-    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="keep at most this many train rows, sampled with --seed"),
-    test_rows: Optional[int] = typer.Option(None, "--test-rows", help="keep at most this many test rows, sampled with --seed"),
-    seed: int = typer.Option(0, help="seed of the row samples"),
-) -> None:
-    """Spoken question-answering data (CoS-E, e-SNLI, OpenBookQA) for speech adaptation: TTS + speech tokens."""
-    from sift_cli.apps.speech import app as speech
-
-    speech.prepare(
-        output,
-        dataset,
-        source=source,
-        tts=tts,
-        voice=voice,
-        speech_tokenizer=speech_tokenizer,
-        train_split=train_split,
-        test_split=test_split,
-        max_rows=max_rows,
-        test_rows=test_rows,
-        seed=seed,
-        console=console,
-    )
-
-
-@prepare_app.command("safety")
-@user_errors
-def prepare_safety(
-    output: Path = typer.Option(Path("data/safety"), "--output", "-o", help="prepared-data directory to write"),
-    pku: str = typer.Option("hub", "--pku", help="'hub' (PKU-Alignment/PKU-SafeRLHF) or a local file in its schema"),
-    pku_config: str = typer.Option("default", "--pku-config", help="default, alpaca-7b, alpaca2-7b or alpaca3-8b"),
-    pku_split: str = typer.Option("train", "--pku-split", help="PKU-SafeRLHF split (train or test)"),
-    prefer: str = typer.Option("safer", "--prefer", help="chosen response: 'safer' (safer_response_id) or 'better'"),
-    exactly_one_safe: bool = typer.Option(
-        True, "--exactly-one-safe/--no-exactly-one-safe", help="keep only pairs where exactly one response is safe"
-    ),
-    alpaca: str = typer.Option("hub", "--alpaca", help="'hub' (tatsu-lab/alpaca) or a local file with instruction/input/output"),
-    max_rows: Optional[int] = typer.Option(None, help="keep at most this many rows per table, sampled with --seed"),
-    seed: int = typer.Option(0, help="seed of the --max-rows sample"),
-) -> None:
-    """SFT examples (Alpaca) for f and DPO preference pairs (PKU-SafeRLHF) for g."""
-    from sift_cli.apps.safety import app as safety
-
-    safety.prepare(
-        output,
-        pku=pku,
-        pku_config=pku_config,
-        pku_split=pku_split,
-        prefer=prefer,
-        exactly_one_safe=exactly_one_safe,
-        alpaca=alpaca,
-        max_rows=max_rows,
-        seed=seed,
-        console=console,
-    )
-
-
-@prepare_app.command("hallucination")
-@user_errors
-def prepare_hallucination(
-    output: Path = typer.Option(Path("data/hallucination"), "--output", "-o", help="prepared-data directory to write"),
-    source: Optional[str] = typer.Option(
-        None, "--source", help="RAGTruth dataset/ directory or its URL (default: the ParticleMedia/RAGTruth repository)"
-    ),
-    task_type: List[str] = typer.Option([], "--task-type", help="QA, Summary or Data2txt; repeatable (default: all)"),
-    generator: List[str] = typer.Option(
-        [], "--generator", help="keep responses of this generator (RAGTruth 'model', e.g. llama-2-7b-chat); repeatable (default: all)"
-    ),
-    label_type: List[str] = typer.Option(
-        [], "--label-type", help="span type that counts as hallucinated, e.g. 'Evident Conflict'; repeatable (default: all four)"
-    ),
-    keep_implicit_true: bool = typer.Option(
-        False, "--keep-implicit-true", help="keep spans marked implicit_true (correct but unsupported) as hallucinated"
-    ),
-    quality: str = typer.Option("good", help="keep responses of this quality; 'any' keeps all"),
-    max_rows: Optional[int] = typer.Option(None, help="keep at most this many responses per split"),
-) -> None:
-    """Responses with hallucinated spans (RAGTruth) for hallucination mitigation: train and test splits."""
-    from sift_cli.apps.hallucination import app as hallucination
-    from sift_cli.apps.hallucination import ragtruth
-
-    filters = ragtruth.Filters(
-        task_types=tuple(task_type) or ragtruth.TASK_TYPES,
-        generators=tuple(generator),
-        label_types=tuple(label_type) or ragtruth.LABEL_TYPES,
-        drop_implicit_true=not keep_implicit_true,
-        quality=None if quality == "any" else quality,
-        max_rows=max_rows,
-    )
-    hallucination.prepare(output, source=source or ragtruth.DEFAULT_SOURCE, filters=filters, console=console)
-
-
 @app.command()
 @user_errors
 def train(
@@ -288,6 +166,16 @@ def bench_toy(
     from sift_cli.bench import run_toy_comparison
 
     run_toy_comparison(steps=steps, seed=seed, console=console)
+
+
+def _register_prepare_commands() -> None:
+    from sift_cli.apps import APPS, prepare_command
+
+    for name in APPS:
+        prepare_app.command(name)(user_errors(prepare_command(name)))
+
+
+_register_prepare_commands()
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import torch
 from pydantic import ConfigDict, Field
@@ -32,6 +32,10 @@ from sift_cli.apps.hallucination import ragtruth
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.judge import JudgeEndpoint
 from sift_cli.store.prepared import PreparedData, write_prepared
+
+if TYPE_CHECKING:
+    from sift_cli.spec import RunSpec
+    from sift_cli.store.rundir import RunDir
 
 APP = "hallucination"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
@@ -155,8 +159,8 @@ def encode_split(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int
     return [encode(tokenizer, ragtruth.Example.from_row(row), max_length) for row in rows]
 
 
-def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: PreparedData) -> Objectives:
-    options = Options.model_validate(spec.objective)
+def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives:
+    options = spec.options(Options)
     encoded = encode_split(tokenizer, data.rows("train"), spec.data.max_length)
     f_data = [item for item in encoded if any(label != IGNORE for label in item["f_labels"])]
     g_data = [item for item in encoded if any(label != IGNORE for label in item["g_labels"])]
@@ -271,7 +275,7 @@ def _labelled_log_probs(
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: EvalOptions) -> dict:
+def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict:
     """Held-out label scores, the judged hallucination rate of generated answers, and lm-eval utility."""
     from sift_cli.store.atomic import write_jsonl
     from sift_cli.store.prepared import load_prepared

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,10 @@ from sift_cli.evaluation.generate import generate, prompt_ids
 from sift_cli.evaluation.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
 from sift_cli.store.atomic import write_jsonl
 from sift_cli.store.prepared import PreparedData, write_prepared
+
+if TYPE_CHECKING:
+    from sift_cli.spec import RunSpec
+    from sift_cli.store.rundir import RunDir
 
 APP = "safety"
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
@@ -262,9 +266,9 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return reference.eval()
 
 
-def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: PreparedData) -> Objectives:
+def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives:
     """f = SFT on the Alpaca rows, g = DPO on the PKU pairs against the model as it is before training."""
-    options = Options.model_validate(spec.objective)
+    options = spec.options(Options)
     if tokenizer.eos_token_id is None:
         raise SiftError("the tokenizer has no EOS token, which ends every response; use a model whose tokenizer defines one")
     pad = pad_id(tokenizer)
@@ -356,7 +360,7 @@ def set_key(name: str) -> str:
     return name if "/" not in name and "." not in name else Path(name).stem
 
 
-def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: EvalOptions) -> dict:
+def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict:
     """Safety rate per harmful-prompt set (greedy replies, judged or keyword-classified) and lm-eval utility.
 
     `options.extra` may override any objective option for this evaluation (e.g. `safety_sets`, `judge`).

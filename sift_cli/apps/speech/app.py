@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +44,10 @@ from sift_cli.apps.speech.whisper_vq import (
 )
 from sift_cli.errors import SiftError
 from sift_cli.store.prepared import PreparedData, write_prepared
+
+if TYPE_CHECKING:
+    from sift_cli.spec import RunSpec
+    from sift_cli.store.rundir import RunDir
 
 APP = "speech"
 # Hidden matrices of Llama-style and GLM models. A Llama-style model's embeddings (tied to its output
@@ -200,10 +204,10 @@ def token_ce(model: nn.Module, batch: Batch) -> torch.Tensor:
     return -label_log_probs(model, batch)[0].mean()
 
 
-def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: PreparedData) -> Objectives:
+def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives:
     """Adds the speech tokens the model lacks (so the training loop must call this before it picks the
     trained parameters and saves the tokenizer with the model), then encodes both instruction variants."""
-    options = Options.model_validate(spec.objective)
+    options = spec.options(Options)
     vocab = add_speech_tokens(model, tokenizer, int(speech_source(data, options)["codebook_size"]))
     fmt = prompts.resolve_format(tokenizer, options.prompt_format)
     if prompts.end_of_reply(tokenizer, fmt) >= vocab.audio_0:
@@ -240,7 +244,7 @@ def score(records: Sequence[dict[str, Any]], setting: str) -> dict[str, Any]:
     }
 
 
-def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: EvalOptions) -> dict:
+def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict:
     """Answer accuracy in each of `objective.eval_settings` on the prepared test split.
 
     One greedy reply per question and input modality serves both outputs: its text tokens are read for

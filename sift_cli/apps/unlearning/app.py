@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,10 @@ from sift_cli.store.prepared import (
     read_table,
     write_prepared,
 )
+
+if TYPE_CHECKING:
+    from sift_cli.spec import RunSpec
+    from sift_cli.store.rundir import RunDir
 
 APP = "unlearning"
 DEFAULT_TRAINABLE = r"layers\.(5|6|7)\.mlp\.down_proj"
@@ -161,9 +165,9 @@ def _layers_up_to(layer: int) -> str:
     return rf"layers\.({indices})\.mlp\.down_proj"
 
 
-def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: PreparedData) -> Objectives:
+def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives:
     """f = retain MSE against the frozen initial model, g = forget MSE against the control vectors."""
-    options = Options.model_validate(spec.objective)
+    options = spec.options(Options)
     _check_layer(model, options.layer)
     forget = data.rows("forget")
     retain = data.rows("retain")
@@ -211,7 +215,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: Any, data: Prepared
     )
 
 
-def evaluate(model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: EvalOptions) -> dict[str, Any]:
+def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict[str, Any]:
     """lm-eval accuracies (WMDP, MMLU, or local MCQ files) and held-out forget/retain perplexity.
 
     Perplexity uses the prepared data's held-out rows when the spec's data directory is still there.
