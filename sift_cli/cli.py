@@ -58,7 +58,7 @@ def parse_k(text: str) -> Optional[int]:
 @user_errors
 def train(
     app_name: Optional[str] = typer.Option(None, "--app", help="unlearning, hallucination, safety or speech"),
-    preset: Optional[str] = typer.Option(None, help="a preset from sift_cli/configs (default: <app>_cpu)"),
+    preset: Optional[str] = typer.Option(None, help="a preset from configs/presets (default: <app>_cpu)"),
     config: Optional[Path] = typer.Option(None, "--config", help="your own YAML spec; flags override it"),
     method: Optional[str] = typer.Option(None, help="sift, muon, adamw or blur"),
     eps: Optional[float] = typer.Option(None, help="SIFT gate: a block takes the SIFT branch when tau < eps"),

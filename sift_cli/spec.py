@@ -24,8 +24,8 @@ from pydantic import (
 from sift_cli.apps import APPS, check_app, get_app
 from sift_cli.engine.config import OptimizerConfig
 from sift_cli.errors import SiftError
+from sift_cli.resources import presets_dir
 
-PRESETS_DIR = Path(__file__).parent / "configs"
 DEFAULT_MODEL = "smollm2-135m-instruct"
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
@@ -111,7 +111,7 @@ class RunSpec(_Strict):
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    path = PRESETS_DIR / f"{name}.yaml"
+    path = presets_dir() / f"{name}.yaml"
     if not path.is_file():
         raise SiftError(f"no preset named {name!r}; choose one of: {', '.join(preset_names())}")
     return load_yaml(path)

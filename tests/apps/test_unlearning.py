@@ -13,7 +13,8 @@ from conftest import tiny_llama
 
 from sift_cli.apps.unlearning import app as unlearning
 from sift_cli.errors import SiftError
-from sift_cli.spec import PRESETS_DIR, RunSpec, validate_spec
+from sift_cli.resources import presets_dir
+from sift_cli.spec import RunSpec, validate_spec
 from sift_cli.store.prepared import load_prepared
 
 LAYER = 1
@@ -192,7 +193,7 @@ def test_options_forbid_unknown_keys() -> None:
 
 @pytest.mark.parametrize("preset", ["unlearning_cpu", "unlearning_paper"])
 def test_presets_validate_and_train_only_layers_rmu_reaches(preset: str) -> None:
-    spec = validate_spec(yaml.safe_load((PRESETS_DIR / f"{preset}.yaml").read_text()))
+    spec = validate_spec(yaml.safe_load((presets_dir() / f"{preset}.yaml").read_text()))
     assert spec.app == "unlearning"
     trained = [i for i in range(40) if re.search(spec.train.trainable, f"model.layers.{i}.mlp.down_proj.weight")]
     assert trained and max(trained) <= spec.objective["layer"]
