@@ -181,6 +181,22 @@ def weights(run_path: Path) -> dict[str, torch.Tensor]:
     return load_file(run_path / "model" / "model.safetensors")
 
 
+def test_sigkill_then_resume_continues_bit_exactly(tiny_model_dir, data_dir, tmp_path) -> None:
+    """The fast resume check CI runs: one killed process, one resumed process, a straight run in-process."""
+    common = ["--steps", "3", "--set", "train.checkpoint_every=1"]
+    straight = tmp_path / "straight"
+    assert invoke(*train_args(tiny_model_dir, data_dir, straight, *common)).exit_code == 0
+    killed = tmp_path / "killed"
+    first = run_cli_process(train_args(tiny_model_dir, data_dir, killed, *common), how="kill", stop_at=2)
+    assert first.returncode == -9
+    resumed = run_cli_process(["train", "--resume", str(killed)])
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = weights(straight), weights(killed)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert list(RunDir(killed).read_metrics()["step"]) == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_dir, tmp_path) -> None:
     common = ["--steps", "6", "--set", "train.checkpoint_every=2", "--set", "train.grad_accum=2"]
     straight = tmp_path / "straight"
@@ -202,6 +218,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_di
     assert RunDir(killed).read_metrics()["loss_f"].tolist() == RunDir(straight).read_metrics()["loss_f"].tolist()
 
 
+@pytest.mark.slow
 def test_sigint_writes_a_checkpoint_and_resume_finishes(tiny_model_dir, data_dir, tmp_path) -> None:
     run_path = tmp_path / "interrupted"
     args = train_args(tiny_model_dir, data_dir, run_path, "--steps", "5", "--set", "train.checkpoint_every=10")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,17 +24,25 @@ ENV = "SIFT_TEST_JUDGE_KEY"
 MESSAGES = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Is the sky green?"}]
 
 
+HANG = -1.0
+"""A scripted delay that means: do not answer until the test is over (a server that never replies)."""
+
+
 class Server(BaseHTTPRequestHandler):
     """Answers each POST with the next scripted (status, raw body, delay) and records what it received."""
 
     script: list[tuple[int, bytes, float]] = []
     seen: list[dict[str, Any]] = []
+    released = threading.Event()
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).seen.append({"path": self.path, "headers": dict(self.headers), "body": json.loads(raw)})
         status, body, delay = type(self).script.pop(0)
-        time.sleep(delay)
+        if delay == HANG:
+            type(self).released.wait()
+        else:
+            time.sleep(delay)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -55,8 +64,12 @@ def completion(text: str) -> bytes:
 def server(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv(ENV, KEY)
     Server.script, Server.seen = [], []
+    Server.released.clear()
     with serving(Server) as url:
-        yield f"{url}/v1/"
+        try:
+            yield f"{url}/v1/"
+        finally:
+            Server.released.set()
 
 
 def test_request_shape_and_key_from_the_named_variable(server: str) -> None:
@@ -85,19 +98,23 @@ def test_transient_failures_are_retried(server: str) -> None:
 
 
 def test_errors_become_judge_errors(server: str) -> None:
-    judge = OpenAICompatibleJudge(server, "m", api_key_env=ENV, max_retries=1, retry_wait=0, timeout=0.3)
+    """Answers arrive well inside a generous timeout however loaded the machine is; the silent server never
+    answers, so only the short-timeout client's timeout can end those requests."""
+    judge = OpenAICompatibleJudge(server, "m", api_key_env=ENV, max_retries=1, retry_wait=0, timeout=30)
+    impatient = OpenAICompatibleJudge(server, "m", api_key_env=ENV, max_retries=1, retry_wait=0, timeout=0.3)
     cases = [
         ([(401, b'{"error": "bad key"}', 0)], "HTTP 401", 1),
         ([(500, b"oops", 0), (500, b"oops", 0)], "HTTP 500", 2),
         ([(200, b"<html>not json</html>", 0)], "not a chat completion", 1),
         ([(200, b'{"choices": []}', 0)], "not a chat completion", 1),
         ([(200, json.dumps({"choices": [{"message": {"content": None}}]}).encode(), 0)], "no text content", 1),
-        ([(200, completion("late"), 1.0), (200, completion("late"), 1.0)], "unreachable", 2),
+        ([(200, completion("late"), HANG), (200, completion("late"), HANG)], "unreachable", 2),
     ]
     for script, message, requests in cases:
         Server.script, Server.seen = list(script), []
+        client = impatient if script[0][2] == HANG else judge
         with pytest.raises(JudgeError, match=message) as info:
-            judge.complete(MESSAGES)
+            client.complete(MESSAGES)
         assert KEY not in str(info.value)
         assert len(Server.seen) == requests
 
