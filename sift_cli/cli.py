@@ -134,6 +134,27 @@ def localize(
 
 @app.command()
 @user_errors
+def pome(
+    run_dir: Path = typer.Argument(..., help="a finished run directory (e.g. a Muon run)"),
+    output: Path = typer.Option(..., "--output", "-o", help="the new run directory to write (must not exist or be empty)"),
+    rank_fraction: float = typer.Option(0.5, "--rank-fraction", help="share of each weight change's rank to keep"),
+    scale: str = typer.Option("mean", "--scale", help="'mean' (mean kept singular value) or a number"),
+) -> None:
+    """POME baseline: equalize the spectrum of each trained block's weight change, as a new run directory."""
+    from sift_cli.pome import pome_run
+
+    if scale != "mean":
+        try:
+            scale_value: str | float = float(scale)
+        except ValueError:
+            raise SiftError(f"--scale {scale!r} is neither 'mean' nor a number") from None
+    else:
+        scale_value = scale
+    pome_run(run_dir, output, rank_fraction=rank_fraction, scale=scale_value, console=console)
+
+
+@app.command()
+@user_errors
 def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="where the demo writes its data and runs"),
     steps: Optional[int] = typer.Option(None, help="override the demo's number of steps"),

@@ -45,7 +45,7 @@ from sift_cli.plan import (
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json, write_text, write_with
 from sift_cli.store.prepared import load_prepared
-from sift_cli.store.rundir import ENV, RunDir
+from sift_cli.store.rundir import ENV, POME, RunDir
 
 CHECKPOINT_GLOB = "step-*.pt"
 KEEP_CHECKPOINTS = 2
@@ -319,6 +319,8 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> RunDir:
         raise SiftError(
             f"{run.path} already holds a run; resume it with `sift train --resume {run.path}` or pass a new --output"
         )
+    if resume and (run.path / POME).is_file():
+        raise SiftError(f"{run.path} is a POME edit of another run, not a training run; resume the source run instead")
     run.path.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_text(run.spec_path, spec.to_yaml())

@@ -37,6 +37,8 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 EVAL = "eval"
 PLOTS = "plots"
+POME = "pome.json"
+"""Present in a run made by `sift pome` (a post-hoc edit of another run): what was edited, from what."""
 
 METRIC_FIELDS = (
     "step",
