@@ -55,7 +55,7 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
     table = Table(title=title, caption=f"95% intervals; Δ vs {reference} on the same test examples; * significant")
     table.add_column("model")
     for metric in metrics:
-        table.add_column(metric.replace("acc:", "acc ").replace("_nll", " NLL"), justify="right")
+        table.add_column(column_label(metric), justify="right")
     for name, intervals in rows.items():
         choice = choices.get(name)
         label = name if choice is None else f"{name}\nlr {choice.lr:g}" + ("" if choice.qualified else " (!)")
@@ -69,6 +69,13 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
             cells.append(cell)
         table.add_row(label, *cells)
     return table
+
+
+def column_label(metric: str) -> str:
+    """`forget_nll` -> "forget NLL", `acc:forget_mcq_cloze` -> "forget_mcq acc"."""
+    if metric.startswith("acc:"):
+        return metric.removeprefix("acc:").removesuffix("_cloze") + " acc"
+    return metric.replace("_nll", " NLL")
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -28,7 +28,7 @@ from sift_cli.store.atomic import write_jsonl
 from sift_cli.store.prepared import write_prepared
 
 MARKER = ".sift-demo"
-QUESTION_FILES = {"forget": "forget_questions.jsonl", "retain": "retain_questions.jsonl"}
+QUESTION_FILES = {"forget": "forget_mcq.jsonl", "retain": "retain_mcq.jsonl"}
 SHUFFLE_SEED = 0
 GRID = {"adamw": [1e-3, 3e-3], "muon": [1e-2, 2e-2], "sift": [2e-2, 5e-2]}
 """Two learning rates per method around the rates that suit RMU on these blocks: SIFT and Muon need
