@@ -3,6 +3,7 @@
 An app module exposes, at module level:
 - `Options`: a pydantic model of the app's own spec section (`objective:` in the YAML), extra keys forbidden;
 - `DEFAULT_TRAINABLE`: regex of the parameters the app trains by default (the spec may override it);
+- `EVAL_TABLES`: the prepared tables its `evaluate` reads (a run copies them, so it is self-contained);
 - `build_objectives(model, tokenizer, spec, data) -> Objectives`;
 - `evaluate(model, tokenizer, spec, run, options) -> dict` (metrics, also written under run/eval/).
 `prepare` functions are app-specific (their sources differ) and are called by the CLI.
@@ -71,6 +72,7 @@ class EvalOptions:
 class App(Protocol):
     Options: type[BaseModel]
     DEFAULT_TRAINABLE: str
+    EVAL_TABLES: tuple[str, ...]
 
     def build_objectives(self, model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives: ...
 

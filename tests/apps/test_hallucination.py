@@ -178,7 +178,7 @@ def prepared(tmp_path: Path) -> Path:
 
 def example(tmp_path: Path, id: str, **filters: Any) -> ragtruth.Example:
     directory = write_ragtruth(tmp_path / "rt")
-    splits, _ = ragtruth.load_examples(directory, ragtruth.Filters(**filters))
+    splits, _, _ = ragtruth.load_examples(directory, ragtruth.Filters(**filters))
     return next(e for split in splits.values() for e in split if e.id == id)
 
 

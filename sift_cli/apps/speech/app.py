@@ -43,13 +43,14 @@ from sift_cli.apps.speech.whisper_vq import (
     load_speech_tokenizer,
 )
 from sift_cli.errors import SiftError
-from sift_cli.store.prepared import PreparedData, write_prepared
+from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
 if TYPE_CHECKING:
     from sift_cli.spec import RunSpec
     from sift_cli.store.rundir import RunDir
 
 APP = "speech"
+EVAL_TABLES = ("test",)
 # Hidden matrices of Llama-style and GLM models. A Llama-style model's embeddings (tied to its output
 # layer, or with a separate lm_head) are trained too: a model that got the audio tokens appended starts
 # them from random rows. GLM-4-Voice's audio embeddings are pretrained and stay frozen.
@@ -104,6 +105,8 @@ def prepare(
     Data loads before any model does, so a wrong --source fails in a second.
     """
     sources.check_dataset(dataset)
+    local = source is not None and sources.is_local(source)
+    check_output(Path(output), [source] if local else [])
     for flag, cap in (("--max-rows", max_rows), ("--test-rows", test_rows)):
         if cap is not None and cap < 1:
             raise SiftError(f"{flag} {cap} must be at least 1 (or left out for every row)")
@@ -134,7 +137,6 @@ def prepare(
             task = progress.add_task(f"speaking {table}", total=len(rows))
             tables[table] = speak(rows, backend, tokenizer, lambda done, task=task: progress.advance(task, done))
     hub_id, config = sources.HUB[dataset]
-    local = source is not None and sources.is_local(source)
     prepared = write_prepared(
         output,
         APP,
@@ -148,8 +150,12 @@ def prepare(
             "speech_tokenizer": tokenizer.describe(),
         },
         filters={"max_rows": max_rows, "test_rows": test_rows, "seed": seed, "dropped": dropped},
+        inputs=[source] if local else [],
     )
     if console is not None:
+        for table, count in dropped.items():
+            if count:
+                console.print(f"dropped {count} {table} rows of {dataset} (no gold answer, an empty field, or an answer not among the choices)")
         counts = ", ".join(f"{table} {len(rows)}" for table, rows in tables.items())
         console.print(f"prepared {counts} spoken {dataset} examples ({tokenizer.tokens_per_second:g} speech tokens/s) in {output}")
     return prepared
@@ -253,10 +259,10 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
 
     from sift_cli.evaluation.generate import generate_ids
     from sift_cli.store.atomic import write_jsonl
-    from sift_cli.store.prepared import load_prepared
+    from sift_cli.store.rundir import held_out_data
 
     opts = options.objective(Options, spec)
-    data = load_prepared(spec.data.path, APP)
+    data = held_out_data(spec, run)
     vocab = read_speech_vocab(tokenizer, int(speech_source(data, opts)["codebook_size"]))
     fmt = prompts.resolve_format(tokenizer, opts.prompt_format)
     rows = data.rows("test")[: options.limit]
