@@ -165,6 +165,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def check_fit(objectives: Objectives, spec: RunSpec) -> None:
+    """Refuse a run whose data.max_length drops more than data.max_dropped of an objective's examples."""
+    for name, fit in objectives.fits.items():
+        if fit.total and fit.dropped / fit.total > spec.data.max_dropped:
+            raise SiftError(
+                f"data.max_length={spec.data.max_length} drops {fit.dropped} of {fit.total} {name} examples "
+                f"(more than data.max_dropped={spec.data.max_dropped:g}); raise data.max_length or data.max_dropped"
+            )
+
+
+def fit_lines(objectives: Objectives, max_length: int) -> list[str]:
+    """What max_length did to each objective's examples, for the console (nothing when all fit)."""
+    return [
+        f"{name}: of {fit.total} examples, data.max_length={max_length} dropped {fit.dropped} and cut the end of {fit.cut}"
+        for name, fit in objectives.fits.items()
+        if fit.dropped or fit.cut
+    ]
+
+
 class Trainer:
     """One run: model, objectives, optimizer and schedule, stepping and checkpointing."""
 
@@ -172,6 +191,8 @@ class Trainer:
         from accelerate import Accelerator
 
         self.spec, self.run, self.console = spec, run, console
+        if spec.train.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SiftError(f"train.device={spec.train.device} but no CUDA device is visible; use auto or cpu")
         cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(cpu=cpu)
         self.device = self.accelerator.device
@@ -183,6 +204,7 @@ class Trainer:
         self.model = load_model(spec.model).to(self.device)
         select_trainable(self.model, trainable_regex(spec))
         self.objectives: Objectives = app.build_objectives(self.model, self.tokenizer, spec, data)
+        check_fit(self.objectives, spec)
         # An app may replace modules while building its objectives (new token embeddings), so the
         # trained parameters are collected again afterwards.
         self.named = select_trainable(self.model, trainable_regex(spec))
@@ -493,7 +515,7 @@ def _resume(spec: RunSpec, run: RunDir, console: Console, changes: dict[str, lis
 
 def _run(trainer: Trainer, console: Console) -> RunDir:
     run, spec = trainer.run, trainer.spec
-    for note in trainer.objectives.notes:
+    for note in [*trainer.objectives.notes, *fit_lines(trainer.objectives, spec.data.max_length)]:
         console.print(note)
     run.truncate_logs(trainer.step)
     write_json(run.path / ENV, environment(trainer.device, trainer.accelerator.num_processes, spec.train.seed))

@@ -28,6 +28,16 @@ BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 Loss = Callable[[nn.Module, Batch], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Fit:
+    """How one objective's examples fit `data.max_length`: of `total`, `dropped` lost everything the
+    objective trains on and `cut` lost their end (an answer's last tokens, its end-of-turn token)."""
+
+    total: int
+    dropped: int = 0
+    cut: int = 0
+
+
 @dataclass
 class Objectives:
     """Two datasets, two collators and two losses: f (keep utility) and g (the constraint).
@@ -47,6 +57,9 @@ class Objectives:
     """Extra modules the losses use (e.g. a frozen reference model) that must follow the model's device."""
     notes: list[str] = field(default_factory=list)
     """One-line facts about how the objectives were built (e.g. what a memory saving saved), printed at start."""
+    fits: dict[str, Fit] = field(default_factory=dict)
+    """Per objective ("f", "g"), what `data.max_length` dropped or cut; training prints it and refuses a
+    run that drops more than `data.max_dropped` of an objective's examples."""
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.apps.batching import (
     IGNORE,
     label_collator,
@@ -136,10 +136,11 @@ def encode(tokenizer: Any, example: ragtruth.Example, max_length: int) -> dict[s
     prompt_budget = min(len(prompt), max(max_length - len(response), max_length // 2))
     prompt = prompt[len(prompt) - prompt_budget :]
     keep = max_length - len(prompt)
+    cut = len(response) > keep
     response, hallucinated, ignored = response[:keep], hallucinated[:keep], ignored[:keep]
     f_labels = [IGNORE] * len(prompt) + [t if not (h or i) else IGNORE for t, h, i in zip(response, hallucinated, ignored)]
     g_labels = [IGNORE] * len(prompt) + [t if h else IGNORE for t, h in zip(response, hallucinated)]
-    return {"input_ids": prompt + response, "f_labels": f_labels, "g_labels": g_labels}
+    return {"input_ids": prompt + response, "f_labels": f_labels, "g_labels": g_labels, "cut": cut}
 
 
 def loss_f(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -169,16 +170,23 @@ def encode_split(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int
 
 def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives:
     options = spec.options(Options)
-    encoded = encode_split(tokenizer, data.rows("train"), spec.data.max_length)
+    rows = data.rows("train")
+    encoded = encode_split(tokenizer, rows, spec.data.max_length)
     f_data = [item for item in encoded if any(label != IGNORE for label in item["f_labels"])]
     g_data = [item for item in encoded if any(label != IGNORE for label in item["g_labels"])]
+    with_spans = sum(1 for row in rows if row["spans"])
     if not g_data:
         raise SiftError(
             f"no hallucinated token survives data.max_length={spec.data.max_length} in {data.path}; raise data.max_length"
         )
     if not f_data:
         raise SiftError(f"no faithful response token survives data.max_length={spec.data.max_length}; raise data.max_length")
-    return labelled_objectives(tokenizer, f_data, g_data, loss_f, G_LOSSES[options.g_loss])
+    objectives = labelled_objectives(tokenizer, f_data, g_data, loss_f, G_LOSSES[options.g_loss])
+    objectives.fits = {
+        "f": Fit(total=len(encoded), dropped=len(encoded) - len(f_data), cut=sum(item["cut"] for item in f_data)),
+        "g": Fit(total=with_spans, dropped=with_spans - len(g_data), cut=sum(item["cut"] for item in g_data)),
+    }
+    return objectives
 
 
 JUDGE_SYSTEM = "You check generated text against its source for hallucinations and answer only with JSON."

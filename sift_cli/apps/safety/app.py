@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, pad_id
 from sift_cli.apps.safety.data import (
     ALPACA_ID,
@@ -157,7 +157,8 @@ def sft_example(tokenizer: Any, row: dict[str, Any], template: str, max_length: 
     prompt = prompt_ids(tokenizer, user_message(template, row["instruction"], row.get("input", "")))
     response = response_ids(tokenizer, row["output"])
     prompt = fit_prompt(prompt, len(response), max_length)
-    return {"input_ids": prompt + response[: max_length - len(prompt)], "prompt_len": len(prompt)}
+    cut = len(prompt) + len(response) > max_length
+    return {"input_ids": prompt + response[: max_length - len(prompt)], "prompt_len": len(prompt), "cut": cut}
 
 
 def dpo_example(tokenizer: Any, row: dict[str, Any], template: str, max_length: int) -> dict[str, Any]:
@@ -166,7 +167,8 @@ def dpo_example(tokenizer: Any, row: dict[str, Any], template: str, max_length: 
     chosen, rejected = response_ids(tokenizer, row["chosen"]), response_ids(tokenizer, row["rejected"])
     prompt = fit_prompt(prompt, max(len(chosen), len(rejected)), max_length)
     room = max_length - len(prompt)
-    return {"chosen_ids": prompt + chosen[:room], "rejected_ids": prompt + rejected[:room], "prompt_len": len(prompt)}
+    cut = max(len(chosen), len(rejected)) > room
+    return {"chosen_ids": prompt + chosen[:room], "rejected_ids": prompt + rejected[:room], "prompt_len": len(prompt), "cut": cut}
 
 
 def pad_sequences(sequences: list[tuple[list[int], int]], pad_id: int) -> Batch:
@@ -312,6 +314,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
         loss_g=make_dpo_loss(options.beta, reference),
         modules=[reference] if reference is not None else [],
         notes=[note],
+        fits={name: Fit(total=len(items), cut=sum(item["cut"] for item in items)) for name, items in (("f", f_data), ("g", g_data))},
     )
 
 

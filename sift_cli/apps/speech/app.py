@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id
 from sift_cli.apps.speech import prompts, sources
 from sift_cli.apps.speech.answers import parse_answer
@@ -200,9 +200,11 @@ def encode(
     if any(token >= vocab.audio_0 for token in text):
         raise SiftError("the tokenizer turns plain text into ids past <|audio_0|>, so text and speech cannot be told apart by id")
     reply = interleave(text, row["response_speech"], vocab, options.text_chunk, options.speech_chunk)
-    reply = (reply + [prompts.end_of_reply(tokenizer, fmt)])[: max_length - len(prompt)]
+    reply = reply + [prompts.end_of_reply(tokenizer, fmt)]
+    cut = len(reply) > max_length - len(prompt)
+    reply = reply[: max_length - len(prompt)]
     f_labels, g_labels = label_streams(reply, vocab, len(prompt))
-    return {"input_ids": prompt + reply, "f_labels": f_labels, "g_labels": g_labels}
+    return {"input_ids": prompt + reply, "f_labels": f_labels, "g_labels": g_labels, "cut": cut}
 
 
 def token_ce(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -218,10 +220,10 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
     fmt = prompts.resolve_format(tokenizer, options.prompt_format)
     if prompts.end_of_reply(tokenizer, fmt) >= vocab.audio_0:
         raise SiftError("the end-of-reply token has an id past <|audio_0|>, so it would count as speech; check the tokenizer")
+    asked = [(row, variant) for row in data.rows("train") for variant in options.instructions]
     encoded = [
         item
-        for row in data.rows("train")
-        for variant in options.instructions
+        for row, variant in asked
         if (item := encode(tokenizer, vocab, fmt, row, variant, options, spec.data.max_length)) is not None
     ]
     f_data = [item for item in encoded if any(label != IGNORE for label in item["f_labels"])]
@@ -233,7 +235,12 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
         )
     if not f_data:
         raise SiftError(f"no text token survives data.max_length={spec.data.max_length}; raise data.max_length")
-    return labelled_objectives(tokenizer, f_data, g_data, token_ce, token_ce)
+    objectives = labelled_objectives(tokenizer, f_data, g_data, token_ce, token_ce)
+    objectives.fits = {
+        name: Fit(total=len(asked), dropped=len(asked) - len(items), cut=sum(item["cut"] for item in items))
+        for name, items in (("f", f_data), ("g", g_data))
+    }
+    return objectives
 
 
 def score(records: Sequence[dict[str, Any]], setting: str) -> dict[str, Any]:

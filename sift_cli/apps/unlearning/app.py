@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.errors import SiftError, first_line
 from sift_cli.evaluation import lmeval
 from sift_cli.store.prepared import (
@@ -213,7 +213,14 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
         loss_f=loss_f,
         loss_g=loss_g,
         modules=[frozen],
+        fits={"f": _fit(tokenizer, retain, max_length), "g": _fit(tokenizer, forget, max_length)},
     )
+
+
+def _fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Fit:
+    """Texts longer than `max_length` tokens are cut (RMU steers the activations of the tokens kept)."""
+    lengths = [len(ids) for ids in tokenizer([row["text"] for row in rows])["input_ids"]]
+    return Fit(total=len(rows), cut=sum(length > max_length for length in lengths))
 
 
 def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict[str, Any]:
