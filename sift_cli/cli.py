@@ -197,7 +197,19 @@ def bench_engine(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
 ) -> None:
     """Per-step optimizer time of AdamW, Muon, exact and fast SIFT, as ratios to Muon."""
+    import re
+
     from sift_cli.bench import run_engine_bench
+
+    if k < 1:
+        raise SiftError(f"--k {k} must be at least 1")
+    if device is not None:
+        import torch
+
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise SiftError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SiftError(f"--device {device} but no CUDA device is visible; use cpu")
 
     run_engine_bench(k=k, device=device, console=console)
 

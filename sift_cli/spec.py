@@ -139,6 +139,10 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise SiftError(f"config file {path} does not exist; check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SiftError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+    except OSError as exc:
+        raise SiftError(f"config file {path} cannot be read ({exc.strerror}); check the path") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
