@@ -28,6 +28,7 @@ from sift_cli.errors import SiftError
 from sift_cli.resources import presets_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+FLOAT32_MAX = 3.4028234663852886e38
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
@@ -65,6 +66,8 @@ class OptimSpec(OptimizerConfig):
         """The engine's checks, plus one a run needs: a gate that can fire only on a conflict (the
         engine itself accepts any eps, which its tests use to force a branch)."""
         found = super().problems()
+        if math.isfinite(self.lr) and abs(self.lr) >= FLOAT32_MAX:
+            found.append(f"lr={self.lr} is beyond the float32 range the update is computed in; pass a learning rate below 1e38")
         if self.method == "sift" and math.isfinite(self.eps) and not -1.0 <= self.eps < 0.0:
             found.append(f"eps={self.eps} never marks a conflict; SIFT needs -1 <= eps < 0 (paper: -0.1 to -0.8)")
         return found

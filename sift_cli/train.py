@@ -495,10 +495,12 @@ def _resume(spec: RunSpec, run: RunDir, console: Console, changes: dict[str, lis
     removed = run.remove_temporary()
     if removed:
         console.print(f"removed {len(removed)} temporary file(s) of an interrupted write: {', '.join(removed[:3])}")
+    latest = latest_checkpoint(run)
+    done = int(latest.stem.removeprefix("step-")) if latest is not None else 0
+    if spec.train.steps < done:
+        raise SiftError(f"{run.path} is at step {done}; --steps {spec.train.steps} would undo training, pass at least {done}")
     trainer = Trainer(spec, run, console)
     checkpoint, skipped = trainer.restore_latest()
-    if spec.train.steps < trainer.step:
-        raise SiftError(f"{run.path} is at step {trainer.step}; --steps {spec.train.steps} would undo training, pass at least {trainer.step}")
     if changes:
         trainer.use_spec_learning_rates()
         write_text(run.spec_path, spec.to_yaml())
