@@ -637,3 +637,9 @@ def test_cli_prepares_esnli_with_espeak_and_the_local_tokenizer(tmp_path: Path, 
     rows = load_prepared(tmp_path / "out", "speech").rows("test")
     assert [row["answer"] for row in rows] == ["neutral", "entailment"]
     assert all(10 < len(row["response_speech"]) < 100 for row in rows)
+
+
+@pytest.mark.parametrize("label", [True, float("nan"), 1.5, -1, "maybe", None])
+def test_an_esnli_label_that_is_not_a_label_is_dropped_not_converted(label) -> None:
+    assert sources.nli_label(label) is None
+    assert [sources.nli_label(value) for value in (0, 1.0, " Contradiction")] == ["entailment", "neutral", "contradiction"]
