@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from test_train import data_dir, invoke, run_cli_process, train_args, weights  # noqa: F401  (data_dir is a fixture)
+from test_train import data_dir, invoke, train_args, weights  # noqa: F401  (data_dir is a fixture)
 
 from sift_cli.apps.base import EvalOptions
 from sift_cli.errors import SiftError
