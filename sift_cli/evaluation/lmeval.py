@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from sift_cli.errors import SiftError, first_line
@@ -117,7 +118,26 @@ def run_tasks(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate `model` on lm-eval task names and/or local MCQ files: {task: {metric: value}}.
+    """Evaluate `model` on lm-eval task names and/or local MCQ files: {task: {metric: value}}."""
+    output, names = _evaluate(model, tokenizer, tasks, limit, batch_size, progress, log_samples=False)
+    return {name: _metrics(output, name) for name in names}
+
+
+def task_correctness(model: nn.Module, tokenizer: Any, tasks: list[str], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Per question, whether `model` answered right (lm-eval's `acc` of each document, in document order):
+    the paired outcomes that a McNemar test between two models needs."""
+    output, names = _evaluate(model, tokenizer, tasks, None, batch_size, progress=False, log_samples=True)
+    correct = {}
+    for name in names:
+        samples = sorted(output["samples"][name], key=lambda sample: sample["doc_id"])
+        correct[name] = np.array([float(sample["acc"]) for sample in samples])
+    return correct
+
+
+def _evaluate(
+    model: nn.Module, tokenizer: Any, tasks: list[str], limit: int | None, batch_size: int, progress: bool, log_samples: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """lm-eval's output for task names and/or local MCQ files, and the names results are keyed by.
 
     progress=False silences lm-eval's per-request progress bars (it passes `disable` to tqdm itself,
     so tqdm's environment switch cannot).
@@ -149,7 +169,7 @@ def run_tasks(
     lm = (HFLM if progress else _quiet_hflm())(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
         output = simple_evaluate(
-            model=lm, tasks=specs, task_manager=manager, limit=limit, log_samples=False, verbosity="ERROR"
+            model=lm, tasks=specs, task_manager=manager, limit=limit, log_samples=log_samples, verbosity="ERROR"
         )
     except (ConnectionError, OSError) as exc:
         if not builtin:
@@ -158,7 +178,7 @@ def run_tasks(
         raise SiftError(
             f"cannot fetch the datasets of {', '.join(builtin)} ({reason}); go online or pass local .jsonl MCQ files with --tasks"
         ) from None
-    return {name: _metrics(output, name) for name in names}
+    return output, names
 
 
 def _metrics(output: dict[str, Any], name: str) -> dict[str, float]:

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -37,6 +38,8 @@ APP = "unlearning"
 EVAL_TABLES = ("forget_eval", "retain_eval")
 DEFAULT_TRAINABLE = r"layers\.(5|6|7)\.mlp\.down_proj"
 DEFAULT_TASKS = ["wmdp_bio", "wmdp_cyber", "mmlu"]
+COMPARE_GRID = {"adamw": [1e-3, 3e-3], "muon": [1e-2, 2e-2], "sift": [2e-2, 5e-2]}
+"""`sift compare`'s default learning rates for the CPU preset: around each method's rate in sift_cli/demo."""
 
 CYBER_CORPUS = ("cais/wmdp-corpora", "cyber-forget-corpus", "train")
 WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")
@@ -238,11 +241,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
         results["lm_eval"] = lmeval.run_tasks(
             model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress
         )
-    held_out = {
-        name: [row["text"] for row in data.rows(table, fields=("text",))][: options.limit]
-        for name, table in (("forget", "forget_eval"), ("retain", "retain_eval"))
-        if data.manifest["counts"].get(table)
-    }
+    held_out = {name: texts[: options.limit] for name, texts in heldout_texts(data).items()}
     if held_out:
         results["perplexity"] = {
             name: perplexity(model, tokenizer, texts, spec.data.max_length, options.batch_size)
@@ -252,12 +251,24 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
     return results
 
 
-@torch.no_grad()
 def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> float:
     """Token-level perplexity exp(total NLL / predicted tokens) over `texts`, each cut to `max_length` tokens."""
+    nll, tokens = text_nll(model, tokenizer, texts, max_length, batch_size)
+    if tokens.sum() == 0:
+        raise SiftError("no tokens to score for perplexity; the held-out texts are empty")
+    return math.exp(float(nll.sum()) / float(tokens.sum()))
+
+
+@torch.no_grad()
+def text_nll(
+    model: nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: summed next-token NLL and the number of predicted tokens (each text cut to `max_length`).
+
+    Kept per text so that a comparison can resample texts and pair two models text by text."""
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums, counts = [], []
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer(
             texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
@@ -266,11 +277,20 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], max_length: i
         targets = encoded["input_ids"][:, 1:]
         mask = encoded["attention_mask"][:, 1:].bool() & encoded["attention_mask"][:, :-1].bool()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
-        total += nll[mask].sum().item()
-        count += int(mask.sum().item())
-    if count == 0:
-        raise SiftError("no tokens to score for perplexity; the held-out texts are empty")
-    return math.exp(total / count)
+        sums.append((nll * mask).sum(dim=1).double().cpu())
+        counts.append(mask.sum(dim=1).cpu())
+    if not sums:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(sums).numpy(), torch.cat(counts).numpy()
+
+
+def heldout_texts(data: PreparedData) -> dict[str, list[str]]:
+    """The held-out texts of each topic ("forget", "retain") that perplexity and comparisons score."""
+    return {
+        name: [row["text"] for row in data.rows(table, fields=("text",))]
+        for name, table in (("forget", "forget_eval"), ("retain", "retain_eval"))
+        if data.manifest["counts"].get(table)
+    }
 
 
 def prepare(
