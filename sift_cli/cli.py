@@ -76,10 +76,15 @@ def train(
     from sift_cli.spec import resolve_spec
 
     if resume is not None:
-        from sift_cli.store.rundir import RunDir
-        from sift_cli.train import train as run_training
-
-        run_training(RunDir.open(resume).load_spec(), console=console, resume=True)
+        fixed = {"--app": app_name, "--preset": preset, "--config": config, "--method": method, "--eps": eps, "--k": k,
+                 "--model": model, "--data": data, "--output": output, "--set": assignments or None}  # fmt: skip
+        given = [flag for flag, value in fixed.items() if value is not None]
+        if given:
+            raise SiftError(
+                f"--resume continues a run with its own spec and takes only --steps, --lr and --dry-run, not {given[0]}; "
+                "start a new run with --output to change other settings"
+            )
+        _resume(resume, steps=steps, lr=lr, dry_run=dry_run)
         return
     overrides = {
         "optim.method": method,
@@ -102,6 +107,26 @@ def train(
     from sift_cli.train import train as run_training
 
     run_training(spec, console=console)
+
+
+def _resume(path: Path, steps: Optional[int], lr: Optional[float], dry_run: bool) -> None:
+    """`sift train --resume`: continue a run, with more steps or a new learning rate if asked; a dry run
+    prints what would happen and writes nothing."""
+    from sift_cli.store.rundir import RunDir
+    from sift_cli.train import latest_checkpoint, resume_changes
+    from sift_cli.train import train as run_training
+
+    run = RunDir.open(path)
+    spec, changes = resume_changes(run.load_spec(), steps=steps, lr=lr)
+    if dry_run:
+        from sift_cli.plan import print_dry_run
+
+        print_dry_run(spec, console)
+        checkpoint = latest_checkpoint(run)
+        changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()) or "nothing"
+        console.print(f"would resume {run.path} from {checkpoint.name if checkpoint else 'the start'}, changing {changed}")
+        return
+    run_training(spec, console=console, resume=True, changes=changes)
 
 
 @app.command()
@@ -224,7 +249,19 @@ def bench_engine(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
 ) -> None:
     """Per-step optimizer time of AdamW, Muon, exact and fast SIFT, as ratios to Muon."""
+    import re
+
     from sift_cli.bench import run_engine_bench
+
+    if k < 1:
+        raise SiftError(f"--k {k} must be at least 1")
+    if device is not None:
+        import torch
+
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise SiftError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SiftError(f"--device {device} but no CUDA device is visible; use cpu")
 
     run_engine_bench(k=k, device=device, console=console)
 

@@ -59,6 +59,29 @@ def check_mcq_file(path: Path) -> int:
     return count
 
 
+def describe_tasks(tasks: list[str]) -> list[dict[str, Any]]:
+    """Each task as it will run: its result name and format (lm-eval built-in, lettered MCQ or cloze), and a
+    local file's path and SHA-256; local files are checked here, before any model loads."""
+    from sift_cli.store.prepared import file_sha256
+
+    described = []
+    for task in tasks:
+        if not is_local_task(task):
+            described.append({"task": task, "format": "lm-eval built-in"})
+            continue
+        path = Path(task.removeprefix(CLOZE)).resolve()
+        check_mcq_file(path)
+        described.append(
+            {"task": local_task_name(task), "format": "cloze" if task.startswith(CLOZE) else "lettered MCQ",
+             "file": str(path), "sha256": file_sha256(path)}
+        )  # fmt: skip
+    names = [item["task"] for item in described]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SiftError(f"task {duplicates[0]!r} is given twice; rename one of the files or drop the duplicate")
+    return described
+
+
 def local_task_name(task: str) -> str:
     """The name a local task's results are keyed by: the file's stem, plus `_cloze` for `cloze:FILE`."""
     stem = Path(task.removeprefix(CLOZE)).stem
@@ -159,13 +182,18 @@ def _evaluate(
 
 
 def _metrics(output: dict[str, Any], name: str) -> dict[str, float]:
-    """`{"acc,none": 0.5, "acc_stderr,none": 0.1, "alias": ...}` -> `{"acc": 0.5, "acc_stderr": 0.1}`."""
+    """`{"acc,none": 0.5, "acc_stderr,none": 0.1, "alias": ...}` -> `{"acc": 0.5, "acc_stderr": 0.1}`, plus
+    `n_samples`, the number of examples scored (fewer than the task has under `--limit`)."""
     raw = output["results"].get(name) or output.get("groups", {}).get(name, {})
-    return {
+    metrics = {
         key.split(",")[0]: float(value)
         for key, value in raw.items()
         if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+    samples = output.get("n-samples", {}).get(name, {})
+    if "effective" in samples:
+        metrics["n_samples"] = int(samples["effective"])
+    return metrics
 
 
 def _quiet_hflm() -> type:

@@ -98,7 +98,7 @@ def load_model(spec: ModelSpec, path: str | None = None) -> torch.nn.Module:
 
 def _load_failure(what: str, source: str, exc: Exception) -> str:
     reason = first_line(exc, None)
-    if "trust_remote_code" in reason:
+    if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
         return f"{what} {source!r} needs custom code; set model.trust_remote_code=true only if you trust it"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = "check the id or path" + ("; HF_HUB_OFFLINE=1 is set, so only cached or local models load" if offline else "")

@@ -20,12 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.errors import SiftError, first_line
 from sift_cli.evaluation import lmeval
 from sift_cli.store.prepared import (
     PreparedData,
-    load_prepared,
+    check_output,
     read_table,
     write_prepared,
 )
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from sift_cli.store.rundir import RunDir
 
 APP = "unlearning"
+EVAL_TABLES = ("forget_eval", "retain_eval")
 DEFAULT_TRAINABLE = r"layers\.(5|6|7)\.mlp\.down_proj"
 DEFAULT_TASKS = ["wmdp_bio", "wmdp_cyber", "mmlu"]
 COMPARE_GRID = {"adamw": [1e-3, 3e-3], "muon": [1e-2, 2e-2], "sift": [2e-2, 5e-2]}
@@ -172,8 +173,8 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
     """f = retain MSE against the frozen initial model, g = forget MSE against the control vectors."""
     options = spec.options(Options)
     _check_layer(model, options.layer)
-    forget = data.rows("forget")
-    retain = data.rows("retain")
+    forget = data.rows("forget", fields=("text",))
+    retain = data.rows("retain", fields=("text",))
     if not forget or not retain:
         raise SiftError(f"{data.path} has no forget or no retain rows; re-run `sift prepare unlearning`")
     sources = list(dict.fromkeys(row.get("source", "forget") for row in forget))
@@ -215,28 +216,38 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
         loss_f=loss_f,
         loss_g=loss_g,
         modules=[frozen],
+        fits={"f": _fit(tokenizer, retain, max_length), "g": _fit(tokenizer, forget, max_length)},
     )
+
+
+def _fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Fit:
+    """Texts longer than `max_length` tokens are cut (RMU steers the activations of the tokens kept)."""
+    lengths = [len(ids) for ids in tokenizer([row["text"] for row in rows])["input_ids"]]
+    return Fit(total=len(rows), cut=sum(length > max_length for length in lengths))
 
 
 def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict[str, Any]:
     """lm-eval accuracies (WMDP, MMLU, or local MCQ files) and held-out forget/retain perplexity.
 
-    Perplexity uses the prepared data's held-out rows when the spec's data directory is still there.
+    Perplexity reads the held-out rows the run copied from its prepared data (`--limit` caps them too,
+    and `perplexity_texts` says how many were scored).
     """
+    from sift_cli.store.rundir import held_out_data
+
+    data = held_out_data(spec, run)
     tasks = DEFAULT_TASKS if options.tasks is None else options.tasks
     results: dict[str, Any] = {}
     if tasks:
         results["lm_eval"] = lmeval.run_tasks(
             model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress
         )
-    data_path = Path(spec.data.path)
-    if (data_path / "manifest.json").is_file():
-        data = load_prepared(data_path, APP)
-        held_out = {name: texts[: options.limit] for name, texts in heldout_texts(data).items()}
+    held_out = {name: texts[: options.limit] for name, texts in heldout_texts(data).items()}
+    if held_out:
         results["perplexity"] = {
             name: perplexity(model, tokenizer, texts, spec.data.max_length, options.batch_size)
             for name, texts in held_out.items()
         }
+        results["perplexity_texts"] = {name: len(texts) for name, texts in held_out.items()}
     return results
 
 
@@ -276,7 +287,7 @@ def text_nll(
 def heldout_texts(data: PreparedData) -> dict[str, list[str]]:
     """The held-out texts of each topic ("forget", "retain") that perplexity and comparisons score."""
     return {
-        name: [row["text"] for row in data.rows(table)]
+        name: [row["text"] for row in data.rows(table, fields=("text",))]
         for name, table in (("forget", "forget_eval"), ("retain", "retain_eval"))
         if data.manifest["counts"].get(table)
     }
@@ -302,6 +313,8 @@ def prepare(
         raise SiftError(f"--min-chars {min_chars} must be 0 or more")
     if max_rows is not None and max_rows < 1:
         raise SiftError(f"--max-rows {max_rows} must be at least 1")
+    local_inputs = [entry for entry in (*forget, retain) if entry not in ("cyber", "bio", "wikitext")]
+    check_output(Path(output), local_inputs)
     forget_rows: list[dict[str, str]] = []
     forget_sources = []
     for entry in dict.fromkeys(forget):
@@ -327,8 +340,16 @@ def prepare(
             "max_rows_per_source": max_rows,
             "heldout": f"every {HELDOUT_EVERY}th row, at most {HELDOUT_MAX} per table",
         },
+        inputs=local_inputs,
     )
     if console is not None:
+        for source in [*forget_sources, prepared.manifest["sources"]["retain"]]:
+            dropped = source["rows_read"] - source["rows_kept"]
+            if dropped:
+                console.print(
+                    f"dropped {dropped} of {source['rows_read']} rows of {source['name']!r} "
+                    f"(at most {min_chars} characters, or past --max-rows)"
+                )
         counts = prepared.manifest["counts"]
         console.print(
             f"prepared {output}: forget {counts['forget']} (+{counts['forget_eval']} held out), "
