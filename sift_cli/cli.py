@@ -289,6 +289,19 @@ def bench_toy(
     run_toy_comparison(steps=steps, seed=seed, console=console)
 
 
+@bench_app.command("precision")
+@user_errors
+def bench_precision(
+    steps: int = typer.Option(100, help="optimizer steps"),
+    lr: float = typer.Option(1e-4, help="learning rate"),
+    k: int = typer.Option(128, "--k", help="top-K subspace size of SIFT"),
+) -> None:
+    """bf16 training with and without master weights, Kahan or stochastic rounding, against fp32."""
+    from sift_cli.bench import run_precision_bench
+
+    run_precision_bench(steps=steps, lr=lr, k=k, console=console)
+
+
 def main() -> None:
     app(prog_name="sift")
 
