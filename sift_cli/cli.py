@@ -192,6 +192,7 @@ def train(
     assignments: List[str] = typer.Option([], "--set", help="any spec field: --set train.batch_size=8"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec, routing and memory; train nothing"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="with --dry-run: say whether the run fits one GPU of this size, e.g. 80GiB"),
 ) -> None:
     """Train a model on f (utility) under the constraint g."""
     from sift_cli.spec import resolve_spec
@@ -218,7 +219,7 @@ def train(
     if dry_run:
         from sift_cli.dryrun import print_dry_run
 
-        print_dry_run(spec, console)
+        print_dry_run(spec, console, gpu_memory)
         return
     from sift_cli.train import train as run_training
 
@@ -287,6 +288,15 @@ def bench_toy(
     from sift_cli.bench import run_toy_comparison
 
     run_toy_comparison(steps=steps, seed=seed, console=console)
+
+
+@bench_app.command("memory")
+@user_errors
+def bench_memory() -> None:
+    """Optimizer state per trained parameter, measured: SIFT's settings vs mixed-precision AdamW."""
+    from sift_cli.memory import run_memory_bench
+
+    run_memory_bench(console=console)
 
 
 @bench_app.command("precision")

@@ -92,8 +92,12 @@ def test_dry_run_prints_routing_and_memory_without_training(tiny_model_dir, data
     assert result.exit_code == 0, result.output
     assert "model.layers.1.mlp.down_proj.weight" in result.output
     assert "spectral" in result.output and "frozen" in result.output
-    assert "optimizer state estimate" in result.output
+    assert "memory per device" in result.output and "activations (one micro-batch)" in result.output
     assert not (tmp_path / "dry").exists()
+    fits = invoke(*train_args(tiny_model_dir, data_dir, tmp_path / "dry", "--dry-run", "--gpu-memory", "80GiB"))
+    assert "fits one 80GiB GPU" in fits.output
+    tight = invoke(*train_args(tiny_model_dir, data_dir, tmp_path / "dry", "--dry-run", "--gpu-memory", "1MiB"))
+    assert "does not fit one 1MiB GPU" in tight.output and "optim.momentum_dtype=bfloat16" in tight.output
 
 
 def test_k_larger_than_a_block_is_refused_before_training(tiny_model_dir, data_dir, tmp_path) -> None:
