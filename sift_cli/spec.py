@@ -69,6 +69,9 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(50, ge=1)
     spectra_every: int = Field(0, ge=0, description="log momentum singular values every N steps (0: off)")
     device: str = "auto"
+    deterministic: bool = Field(
+        False, description="torch deterministic algorithms (bit-reproducible GPU runs, slower; recorded in env.json)"
+    )
 
 
 class RunSpec(_Strict):

@@ -61,6 +61,7 @@ def test_train_writes_a_run_directory_that_later_commands_read(tiny_model_dir, d
     assert (spec.train.steps, spec.optim.k, spec.objective["layer"]) == (3, 4, 1)
     env = run.read_env()
     assert env["torch"] == torch.__version__ and env["world_size"] == 1 and env["seed"] == spec.train.seed
+    assert env["deterministic"] is False
 
     metrics = run.read_metrics()
     assert list(metrics["step"]) == [1, 2, 3]
@@ -187,7 +188,10 @@ def weights(run_path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_dir, tmp_path) -> None:
-    common = ["--steps", "6", "--set", "train.checkpoint_every=2", "--set", "train.grad_accum=2"]
+    """bf16 weights with their fp32 master (split across the checkpoint's weights and optimizer state),
+    deterministic algorithms on: the resumed run ends bit for bit where the straight one does."""
+    common = ["--steps", "6", "--set", "train.checkpoint_every=2", "--set", "train.grad_accum=2",
+              "--set", "model.dtype=bfloat16", "--set", "train.deterministic=true"]  # fmt: skip
     straight = tmp_path / "straight"
     assert run_cli_process(train_args(tiny_model_dir, data_dir, straight, *common)).returncode == 0
 
@@ -205,6 +209,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_di
         assert torch.equal(expected[name], got[name]), name
     assert list(RunDir(killed).read_metrics()["step"]) == list(range(1, 7))
     assert RunDir(killed).read_metrics()["loss_f"].tolist() == RunDir(straight).read_metrics()["loss_f"].tolist()
+    assert RunDir(killed).read_env()["deterministic"] is True
 
 
 def test_sigint_writes_a_checkpoint_and_resume_finishes(tiny_model_dir, data_dir, tmp_path) -> None:
