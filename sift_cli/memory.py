@@ -279,9 +279,12 @@ def measure_state(model: nn.Module, preset: str, device: str, steps: int = 2) ->
         else:
             gen = torch.Generator().manual_seed(0)
             for _ in range(steps):
+                grads_f = [torch.randn(p.shape, generator=gen) for _, p in named]
                 for objective in ("f", "g"):
-                    for _, p in named:
-                        p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+                    # g opposes f (tau ~ -0.8): every block takes the SIFT branch and allocates its caches
+                    for (_, p), g_f in zip(named, grads_f):
+                        grad = g_f if objective == "f" else -0.8 * g_f + 0.6 * torch.randn(p.shape, generator=gen)
+                        p.grad = grad.to(p.dtype)
                     opt.capture(objective)
                 opt.step()
             parts = allocated_bytes(opt)
