@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from .engine import OptimizerConfig, SiftOptimizer, sift_direction, sift_direction_reference, spectral_scale
+from .engine import (
+    OptimizerConfig,
+    SiftOptimizer,
+    sift_direction,
+    sift_direction_reference,
+    spectral_scale,
+)
 
 CPU_SHAPES: tuple[tuple[int, int], ...] = ((576, 1536), (1024, 1024), (1024, 2816))
 CUDA_SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (4096, 14336))

@@ -54,132 +54,11 @@ def parse_k(text: str) -> Optional[int]:
     return value
 
 
-@prepare_app.command("unlearning")
-@user_errors
-def prepare_unlearning(
-    output: Path = typer.Option(Path("data/unlearning"), "--output", "-o", help="prepared-data directory to write"),
-    forget: List[str] = typer.Option(
-        ["cyber"], "--forget", help="'cyber' (cais/wmdp-corpora), or a local jsonl/parquet with a text column; repeatable"
-    ),
-    retain: str = typer.Option("wikitext", "--retain", help="'wikitext' (wikitext-2-raw-v1) or a local file"),
-    min_chars: int = typer.Option(50, help="drop retain rows with at most this many characters"),
-    max_rows: Optional[int] = typer.Option(None, help="keep at most this many rows per source"),
-) -> None:
-    """Forget text (WMDP corpora) and retain text (wikitext) for RMU unlearning."""
-    from sift_cli.apps import unlearning
-
-    unlearning.prepare(output, forget=forget, retain=retain, min_chars=min_chars, max_rows=max_rows, console=console)
-
-
-@prepare_app.command("speech")
-@user_errors
-def prepare_speech(
-    dataset: str = typer.Option(..., "--dataset", help="cose, esnli or openbookqa"),
-    output: Path = typer.Option(Path("data/speech"), "--output", "-o", help="prepared-data directory to write"),
-    source: Optional[str] = typer.Option(
-        None, "--source", help="hub id (default Salesforce/cos_e, esnli, allenai/openbookqa) or a local directory of <split>.jsonl files in its schema"
-    ),
-    tts: str = typer.Option("auto", "--tts", help="auto, coqui (the paper's VCTK p347 voice), piper or espeak"),
-    voice: Optional[str] = typer.Option(None, "--voice", help="coqui speaker id, piper .onnx voice file, or espeak-ng voice"),
-    speech_tokenizer: str = typer.Option(
-        "THUDM/glm-4-voice-tokenizer", "--speech-tokenizer", help="hub id or local directory of the GLM-4-Voice tokenizer, or 'local' (small, offline, untrained)"
-    ),
-    train_split: Optional[str] = typer.Option(None, "--train-split", help="default: train"),
-    test_split: Optional[str] = typer.Option(None, "--test-split", help="default: validation for cose, test otherwise"),
-    max_rows: Optional[int] = typer.Option(None, "--max-rows", help="keep at most this many train rows, sampled with --seed"),
-    test_rows: Optional[int] = typer.Option(None, "--test-rows", help="keep at most this many test rows, sampled with --seed"),
-    seed: int = typer.Option(0, help="seed of the row samples"),
-) -> None:
-    """Spoken question-answering data (CoS-E, e-SNLI, OpenBookQA) for speech adaptation: TTS + speech tokens."""
-    from sift_cli.apps import speech
-
-    speech.prepare(
-        output,
-        dataset,
-        source=source,
-        tts=tts,
-        voice=voice,
-        speech_tokenizer=speech_tokenizer,
-        train_split=train_split,
-        test_split=test_split,
-        max_rows=max_rows,
-        test_rows=test_rows,
-        seed=seed,
-        console=console,
-    )
-
-
-@prepare_app.command("safety")
-@user_errors
-def prepare_safety(
-    output: Path = typer.Option(Path("data/safety"), "--output", "-o", help="prepared-data directory to write"),
-    pku: str = typer.Option("hub", "--pku", help="'hub' (PKU-Alignment/PKU-SafeRLHF) or a local file in its schema"),
-    pku_config: str = typer.Option("default", "--pku-config", help="default, alpaca-7b, alpaca2-7b or alpaca3-8b"),
-    pku_split: str = typer.Option("train", "--pku-split", help="PKU-SafeRLHF split (train or test)"),
-    prefer: str = typer.Option("safer", "--prefer", help="chosen response: 'safer' (safer_response_id) or 'better'"),
-    exactly_one_safe: bool = typer.Option(
-        True, "--exactly-one-safe/--no-exactly-one-safe", help="keep only pairs where exactly one response is safe"
-    ),
-    alpaca: str = typer.Option("hub", "--alpaca", help="'hub' (tatsu-lab/alpaca) or a local file with instruction/input/output"),
-    max_rows: Optional[int] = typer.Option(None, help="keep at most this many rows per table, sampled with --seed"),
-    seed: int = typer.Option(0, help="seed of the --max-rows sample"),
-) -> None:
-    """SFT examples (Alpaca) for f and DPO preference pairs (PKU-SafeRLHF) for g."""
-    from sift_cli.apps import safety
-
-    safety.prepare(
-        output,
-        pku=pku,
-        pku_config=pku_config,
-        pku_split=pku_split,
-        prefer=prefer,
-        exactly_one_safe=exactly_one_safe,
-        alpaca=alpaca,
-        max_rows=max_rows,
-        seed=seed,
-        console=console,
-    )
-
-
-@prepare_app.command("hallucination")
-@user_errors
-def prepare_hallucination(
-    output: Path = typer.Option(Path("data/hallucination"), "--output", "-o", help="prepared-data directory to write"),
-    source: Optional[str] = typer.Option(
-        None, "--source", help="RAGTruth dataset/ directory or its URL (default: the ParticleMedia/RAGTruth repository)"
-    ),
-    task_type: List[str] = typer.Option([], "--task-type", help="QA, Summary or Data2txt; repeatable (default: all)"),
-    generator: List[str] = typer.Option(
-        [], "--generator", help="keep responses of this generator (RAGTruth 'model', e.g. llama-2-7b-chat); repeatable (default: all)"
-    ),
-    label_type: List[str] = typer.Option(
-        [], "--label-type", help="span type that counts as hallucinated, e.g. 'Evident Conflict'; repeatable (default: all four)"
-    ),
-    keep_implicit_true: bool = typer.Option(
-        False, "--keep-implicit-true", help="keep spans marked implicit_true (correct but unsupported) as hallucinated"
-    ),
-    quality: str = typer.Option("good", help="keep responses of this quality; 'any' keeps all"),
-    max_rows: Optional[int] = typer.Option(None, help="keep at most this many responses per split"),
-) -> None:
-    """Responses with hallucinated spans (RAGTruth) for hallucination mitigation: train and test splits."""
-    from sift_cli.apps import hallucination, ragtruth
-
-    filters = ragtruth.Filters(
-        task_types=tuple(task_type) or ragtruth.TASK_TYPES,
-        generators=tuple(generator),
-        label_types=tuple(label_type) or ragtruth.LABEL_TYPES,
-        drop_implicit_true=not keep_implicit_true,
-        quality=None if quality == "any" else quality,
-        max_rows=max_rows,
-    )
-    hallucination.prepare(output, source=source or ragtruth.DEFAULT_SOURCE, filters=filters, console=console)
-
-
 @app.command()
 @user_errors
 def train(
     app_name: Optional[str] = typer.Option(None, "--app", help="unlearning, hallucination, safety or speech"),
-    preset: Optional[str] = typer.Option(None, help="a preset from sift_cli/configs (default: <app>_cpu)"),
+    preset: Optional[str] = typer.Option(None, help="a preset from configs/presets (default: <app>_cpu)"),
     config: Optional[Path] = typer.Option(None, "--config", help="your own YAML spec; flags override it"),
     method: Optional[str] = typer.Option(None, help="sift, muon, adamw or blur"),
     eps: Optional[float] = typer.Option(None, help="SIFT gate: a block takes the SIFT branch when tau < eps"),
@@ -198,7 +77,7 @@ def train(
     from sift_cli.spec import resolve_spec
 
     if resume is not None:
-        from sift_cli.rundir import RunDir
+        from sift_cli.store.rundir import RunDir
         from sift_cli.train import train as run_training
 
         run_training(RunDir.open(resume).load_spec(), console=console, resume=True)
@@ -217,9 +96,10 @@ def train(
         assignments = [f"optim.k={'null' if k_value is None else k_value}", *assignments]
     spec = resolve_spec(app=app_name, preset=preset, config=config, overrides=overrides, assignments=assignments)
     if dry_run:
-        from sift_cli.dryrun import print_dry_run
+        from sift_cli.memory import print_memory
+        from sift_cli.plan import print_dry_run
 
-        print_dry_run(spec, console, gpu_memory)
+        print_memory(spec, print_dry_run(spec, console), console, gpu_memory)
         return
     from sift_cli.train import train as run_training
 
@@ -236,7 +116,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run: the app's metrics and lm-eval utility tasks, written to run_dir/eval/."""
     from sift_cli.apps.base import EvalOptions
-    from sift_cli.evaluate import evaluate_run
+    from sift_cli.evaluation.evaluate import evaluate_run
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     evaluate_run(run_dir, EvalOptions(tasks=task_list, limit=limit, batch_size=batch_size), console=console)
@@ -256,12 +136,85 @@ def localize(
 
 @app.command()
 @user_errors
+def compare(
+    app_name: Optional[str] = typer.Option(None, "--app", help="the application (its CPU preset is the base spec)"),
+    preset: Optional[str] = typer.Option(None, help="base preset (default: <app>_cpu)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="your own base YAML spec"),
+    assignments: List[str] = typer.Option([], "--set", help="any base spec field: --set train.batch_size=8"),
+    methods: List[str] = typer.Option([], "--method", help="METHOD=LR[,LR...]; repeatable (sift, muon, adamw, blur, muon+pome); default: the app's grid"),
+    seeds: str = typer.Option("0", help="comma-separated training seeds"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps per run (default: the base spec's)"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated local MCQ files (or cloze:FILE), split into validation and test"),
+    tolerance: float = typer.Option(0.10, help="a learning rate qualifies while validation retain perplexity is within this share of the base model's"),
+    reference: str = typer.Option("muon", help="the method every other is tested against"),
+    output: Path = typer.Option(..., "--output", "-o", help="the comparison directory (new, or an interrupted comparison to continue)"),
+) -> None:
+    """Compare methods on one task: choose each method's lr on validation, report test metrics with intervals."""
+    from pydantic import ValidationError
+
+    from sift_cli.apps import get_app
+    from sift_cli.compare.grid import CompareOptions
+    from sift_cli.compare.run import run_compare
+    from sift_cli.spec import describe_validation_error, resolve_spec
+
+    base = resolve_spec(app=app_name, preset=preset, config=config, assignments=assignments)
+    grid = dict(parse_method(text) for text in methods) or getattr(get_app(base.app), "COMPARE_GRID", {})
+    try:
+        options = CompareOptions(grid=grid, seeds=parse_ints(seeds, "--seeds"), steps=steps, utility_tolerance=tolerance, reference=reference)
+    except ValidationError as exc:
+        raise SiftError(describe_validation_error(exc)) from None
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
+    run_compare(base, options, output, task_list, console=console)
+
+
+def parse_method(text: str) -> tuple[str, list[float]]:
+    """`sift=2e-2,5e-2` -> ("sift", [0.02, 0.05])."""
+    name, _, rates = text.partition("=")
+    try:
+        values = [float(rate) for rate in rates.split(",") if rate.strip()]
+    except ValueError:
+        values = []
+    if not name or not values:
+        raise SiftError(f"--method {text!r} is not METHOD=LR[,LR...] (e.g. --method sift=2e-2,5e-2)")
+    return name.strip(), values
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SiftError(f"{flag} {text!r} is not a comma-separated list of integers") from None
+
+
+@app.command()
+@user_errors
+def pome(
+    run_dir: Path = typer.Argument(..., help="a finished run directory (e.g. a Muon run)"),
+    output: Path = typer.Option(..., "--output", "-o", help="the new run directory to write (must not exist or be empty)"),
+    rank_fraction: float = typer.Option(0.5, "--rank-fraction", help="share of each weight change's rank to keep"),
+    scale: str = typer.Option("mean", "--scale", help="'mean' (mean kept singular value) or a number"),
+) -> None:
+    """POME baseline: equalize the spectrum of each trained block's weight change, as a new run directory."""
+    from sift_cli.pome import pome_run
+
+    if scale != "mean":
+        try:
+            scale_value: str | float = float(scale)
+        except ValueError:
+            raise SiftError(f"--scale {scale!r} is neither 'mean' nor a number") from None
+    else:
+        scale_value = scale
+    pome_run(run_dir, output, rank_fraction=rank_fraction, scale=scale_value, console=console)
+
+
+@app.command()
+@user_errors
 def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="where the demo writes its data and runs"),
     steps: Optional[int] = typer.Option(None, help="override the demo's number of steps"),
 ) -> None:
-    """Offline unlearning demo on SmolLM2-135M: SIFT vs AdamW, one comparison table."""
-    from sift_cli.demo import run_demo
+    """Offline unlearning demo on SmolLM2-135M: AdamW, Muon and SIFT compared on validation/test splits."""
+    from sift_cli.demo.run import run_demo
 
     run_demo(output, console=console, steps=steps)
 
@@ -310,6 +263,16 @@ def bench_precision(
     from sift_cli.bench import run_precision_bench
 
     run_precision_bench(steps=steps, lr=lr, k=k, console=console)
+
+
+def _register_prepare_commands() -> None:
+    from sift_cli.apps import APPS, prepare_command
+
+    for name in APPS:
+        prepare_app.command(name)(user_errors(prepare_command(name)))
+
+
+_register_prepare_commands()
 
 
 def main() -> None:

@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sift_cli.atomic import write_text, write_with
 from sift_cli.errors import SiftError
-from sift_cli.rundir import ALIGNMENT, RunDir
+from sift_cli.store.atomic import write_text, write_with
+from sift_cli.store.rundir import ALIGNMENT, RunDir
 
 ENERGY_LEVELS = (0.90, 0.95, 0.99)
 COMPONENT_ORDER = ("q", "k", "v", "qkv", "qkv.q", "qkv.k", "qkv.v", "o", "gate", "up", "down")

@@ -13,21 +13,20 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
 from torch import Tensor, nn
 
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 from sift_cli.errors import SiftError
+from sift_cli.plan import optimizer_config, select_trainable, trainable_regex
+from sift_cli.resources import configs_dir
+from sift_cli.spec import RunSpec
 
-if TYPE_CHECKING:
-    from rich.console import Console
-
-MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
-"""config.json of the paper's models (shapes only), shipped at the repository's top level."""
+MODEL_CONFIGS = configs_dir() / "models"
+"""<name>/config.json of the paper's models (shapes only), in the top-level configs/ (and the wheel)."""
 
 GiB = 2**30
 STEP_TRANSIENT_COPIES = 6
@@ -148,7 +147,7 @@ def language_model_forward(model: nn.Module, rows: int, length: int, stop_layer:
     def run() -> object:
         if stop_layer is None:
             return model(input_ids=ids, attention_mask=mask, labels=ids).loss
-        from sift_cli.apps.unlearning import layer_output
+        from sift_cli.apps.unlearning.app import layer_output
 
         return layer_output(model, model.get_decoder().layers[stop_layer], {"input_ids": ids, "attention_mask": mask})
 
@@ -247,7 +246,7 @@ def model_from_config(name: str, device: str, dtype: torch.dtype = torch.bfloat1
 
     path = MODEL_CONFIGS / name
     if not (path / "config.json").is_file():
-        raise SiftError(f"no model config at {path}; run from a checkout of the repository")
+        raise SiftError(f"no model config at {path}; choose one of {sorted(p.name for p in MODEL_CONFIGS.iterdir() if p.is_dir())}")
     config = AutoConfig.from_pretrained(path)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -261,7 +260,6 @@ def measure_state(model: nn.Module, preset: str, device: str, steps: int = 2) ->
     step would, and SIFT's subspace caches, which only a SIFT step creates, come from the engine's layout
     (which the engine's tests hold equal to what a step allocates)."""
     from sift_cli.spec import resolve_spec
-    from sift_cli.train import optimizer_config, select_trainable, trainable_regex
 
     spec = resolve_spec(preset=preset, assignments=["data.path=unused"])
     named = select_trainable(model, trainable_regex(spec))
@@ -302,9 +300,6 @@ def run_memory_bench(console: Console | None = None, cases: tuple[tuple[str, str
     """Optimizer state per trained parameter, measured, for SmolLM2-135M under the unlearning_cpu preset
     on CPU and a Llama-2-7B-shaped model under the safety_paper preset on the meta device, as ratios to
     mixed-precision AdamW measured on the same tensors (bf16 weights in both)."""
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     cases = cases or (("smollm2-135m", "unlearning_cpu", "cpu"), ("llama-2-7b", "safety_paper", "meta"))
     out = []
@@ -330,3 +325,50 @@ def run_memory_bench(console: Console | None = None, cases: tuple[tuple[str, str
         console.print(table)
         del model
     return out
+
+
+def memory_estimate(spec: RunSpec, model: torch.nn.Module) -> MemoryEstimate:
+    """Per-device memory of `spec` on `model` (a meta model: nothing is allocated). Activations are
+    those of one micro-batch of the larger objective: a DPO pair is two sequences (safety), and RMU
+    stops at the steered layer and keeps a frozen copy of the layers up to it (unlearning)."""
+    named = select_trainable(model, trainable_regex(spec))
+    cfg = optimizer_config(spec.optim, getattr(model, "config", None))
+    rows = spec.train.batch_size * (2 if spec.app == "safety" else 1)
+    stop = spec.objective.get("layer") if spec.app == "unlearning" else None
+    frozen = 0
+    if stop is not None:
+        decoder = model.get_decoder()
+        kept = [decoder.embed_tokens, *decoder.layers[: stop + 1]]
+        frozen = sum(p.nbytes for module in kept for p in module.parameters())
+    elif spec.app == "safety" and not spec.objective.get("precompute_reference", True):
+        frozen = sum(p.nbytes for p in model.parameters())
+    forward = language_model_forward(model, rows, spec.data.max_length, stop)
+    return estimate(model, named, cfg, forward, frozen)
+
+
+def print_memory(spec: RunSpec, model: torch.nn.Module, console: Console, gpu_memory: str | None = None) -> MemoryEstimate:
+    """The memory table, and with `gpu_memory` whether the run fits one such GPU and what to change."""
+    est = memory_estimate(spec, model)
+    table = Table(title=f"memory per device ({spec.model.dtype} weights, batch {spec.train.batch_size} x {spec.data.max_length} tokens)")
+    table.add_column("part")
+    table.add_column("GiB", justify="right")
+    for part, size in est.parts.items():
+        table.add_row(part, f"{size / GiB:,.2f}")
+    table.add_row("peak (activations or step temporaries, not both)", f"{est.peak / GiB:,.2f}", style="bold")
+    console.print(table)
+    console.print(
+        f"optimizer state: {est.state_per_parameter():.2f} bytes per trained parameter "
+        f"(mixed-precision AdamW: 12); add ~1-2 GiB for the CUDA context and allocator"
+    )
+    if gpu_memory is not None:
+        budget = parse_size(gpu_memory)
+        if est.peak <= budget:
+            console.print(f"fits one {gpu_memory} GPU: {est.peak / GiB:,.1f} GiB of {budget / GiB:,.0f} GiB")
+        else:
+            console.print(f"[red]does not fit[/red] one {gpu_memory} GPU: needs {est.peak / GiB:,.1f} GiB. To change:")
+            named = select_trainable(model, trainable_regex(spec))
+            cfg = optimizer_config(spec.optim, getattr(model, "config", None))
+            for flag, saved in savings(est, model, named, cfg):
+                console.print(f"  {flag}: saves {saved / GiB:,.1f} GiB")
+            console.print("  or shard the run across GPUs (the next release adds FSDP)")
+    return est

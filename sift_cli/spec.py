@@ -9,17 +9,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
+from sift_cli.apps import APPS, check_app, get_app
 from sift_cli.engine.config import OptimizerConfig
 from sift_cli.errors import SiftError
+from sift_cli.resources import presets_dir
 
-PRESETS_DIR = Path(__file__).parent / "configs"
-APPS = ("unlearning", "hallucination", "safety", "speech")
 DEFAULT_MODEL = "smollm2-135m-instruct"
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -83,23 +91,30 @@ class RunSpec(_Strict):
     objective: dict[str, Any] = Field(default_factory=dict, description="the app's own options")
     output: Path = Path("runs/run")
 
+    _options: BaseModel = PrivateAttr()
+
     @model_validator(mode="after")
     def _objective_fits_app(self) -> "RunSpec":
-        from sift_cli.apps import get_app
-
         try:
             options = get_app(self.app).Options.model_validate(self.objective)
         except ValidationError as exc:
             raise ValueError(describe_validation_error(exc, prefix="objective.")) from None
         self.objective = options.model_dump(mode="json")
+        self._options = options
         return self
+
+    def options(self, kind: type[OptionsT]) -> OptionsT:
+        """The app's `objective:` options, typed, as validated once when the spec was loaded."""
+        if not isinstance(self._options, kind):
+            raise TypeError(f"the {self.app} spec holds {type(self._options).__name__}, not {kind.__name__}")
+        return self._options
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -121,7 +136,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_preset(name: str) -> dict[str, Any]:
-    path = PRESETS_DIR / f"{name}.yaml"
+    path = presets_dir() / f"{name}.yaml"
     if not path.is_file():
         raise SiftError(f"no preset named {name!r}; choose one of: {', '.join(preset_names())}")
     return load_yaml(path)
@@ -170,6 +185,8 @@ def resolve_spec(
     tree: dict[str, Any] = {}
     user = load_yaml(config) if config else {}
     app_name = app or user.get("app")
+    if app_name and not preset:
+        check_app(str(app_name))
     if preset or (app_name and not config):
         tree = load_preset(preset or f"{app_name}_cpu")
     _merge(tree, user)
@@ -181,7 +198,7 @@ def resolve_spec(
     for assignment in assignments or []:
         set_path(tree, *parse_assignment(assignment))
     if "app" not in tree:
-        raise SiftError("no application given; pass --app (unlearning, hallucination, safety, speech) or --config FILE")
+        raise SiftError(f"no application given; pass --app ({', '.join(APPS)}) or --config FILE")
     return validate_spec(tree)
 
 

@@ -12,31 +12,41 @@ import math
 import os
 import platform
 import random
-import re
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 import sift_cli
-from sift_cli import fused_qkv, naming
 from sift_cli.apps import get_app
 from sift_cli.apps.base import Batch, Objectives
-from sift_cli.atomic import write_json, write_text, write_with
-from sift_cli.engine import OptimizerConfig, Route, SiftOptimizer, StepReport, route_parameters
+from sift_cli.engine import Route, SiftOptimizer, StepReport
 from sift_cli.errors import SiftError
-from sift_cli.models import load_model, load_tokenizer
-from sift_cli.prepared import load_prepared
-from sift_cli.rundir import ENV, RunDir
-from sift_cli.spec import OptimSpec, RunSpec
+from sift_cli.hf import naming
+from sift_cli.hf.loading import load_model, load_tokenizer
+from sift_cli.plan import (
+    optimizer_config,
+    plan_routes,
+    select_trainable,
+    trainable_regex,
+)
+from sift_cli.spec import RunSpec
+from sift_cli.store.atomic import write_json, write_text, write_with
+from sift_cli.store.prepared import load_prepared
+from sift_cli.store.rundir import ENV, POME, RunDir
 
 CHECKPOINT_GLOB = "step-*.pt"
 KEEP_CHECKPOINTS = 2
@@ -68,54 +78,6 @@ class IndexStream:
             self._cached = torch.randperm(self.size, generator=generator)
             self._cached_epoch = epoch
         return self._cached
-
-
-def optimizer_config(optim: OptimSpec, model_config: Any = None) -> OptimizerConfig:
-    """The engine's config of a spec's optim section; a fused query_key_value matrix of `model_config`
-    (GLM) is split into its Q, K and V row blocks unless optim.split_fused_qkv is false (splits given in
-    optim.block_splits win over the detected ones)."""
-    settings = {item.name: getattr(optim, item.name) for item in fields(OptimizerConfig)}
-    detected = fused_qkv.block_splits(model_config) if optim.split_fused_qkv and model_config is not None else {}
-    settings["block_splits"] = {**{pattern: tuple(rows) for pattern, rows in detected.items()}, **optim.block_splits}
-    return OptimizerConfig(**settings)
-
-
-def trainable_regex(spec: RunSpec) -> str:
-    return spec.train.trainable or get_app(spec.app).DEFAULT_TRAINABLE
-
-
-def select_trainable(model: nn.Module, pattern: str) -> list[tuple[str, nn.Parameter]]:
-    """Freeze every parameter whose name does not match `pattern`; return the trained ones."""
-    regex = re.compile(pattern)
-    named = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(bool(regex.search(name)))
-        if param.requires_grad:
-            named.append((name, param))
-    if not named:
-        raise SiftError(f"train.trainable={pattern!r} matches no parameter of the model; check the regex against `sift train --dry-run`")
-    return named
-
-
-def plan_routes(named: Sequence[tuple[str, nn.Parameter]], optim: OptimSpec, model_config: Any) -> list[Route]:
-    """Every trained parameter's route, after checking that SIFT's top-K subspaces exist in every
-    candidate block (a row slice of a fused matrix included): K <= min(m, n)."""
-    try:
-        routes = route_parameters(list(named), optimizer_config(optim, model_config))
-    except ValueError as exc:
-        raise SiftError(f"{exc}; set optim.split_fused_qkv: false to train the fused matrix as one block") from None
-    if optim.method != "sift" or optim.k is None:
-        return routes
-    for route in routes:
-        if route.kind != "spectral" or not route.candidate:
-            continue
-        for block in route.blocks():
-            if optim.k > min(block.shape):
-                raise SiftError(
-                    f"optim.k={optim.k} is larger than block {block.name} {block.shape} allows "
-                    f"(at most {min(block.shape)}); lower --k or use --set optim.k=null for full rank"
-                )
-    return routes
 
 
 def lr_multiplier(train: Any) -> Callable[[int], float]:
@@ -369,6 +331,8 @@ def prepare_run_dir(spec: RunSpec, resume: bool) -> RunDir:
         raise SiftError(
             f"{run.path} already holds a run; resume it with `sift train --resume {run.path}` or pass a new --output"
         )
+    if resume and (run.path / POME).is_file():
+        raise SiftError(f"{run.path} is a POME edit of another run, not a training run; resume the source run instead")
     run.path.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_text(run.spec_path, spec.to_yaml())

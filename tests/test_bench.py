@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 from rich.console import Console
 
 from sift_cli.bench import run_engine_bench, run_toy_comparison
@@ -24,4 +25,5 @@ def test_run_engine_bench_small():
     assert by_method["sift-exact"]["rel_error"] < 1e-4
     assert by_method["released-code"]["rel_error"] < 1e-4
     assert by_method["sift-fast"]["rel_error"] < 0.02 and by_method["sift-fast"]["cold_rel_error"] < 0.02
-    assert all(r["seconds"] > 0 for r in rows)
+    for row in rows:
+        assert row["ratio_to_muon"] == pytest.approx(row["seconds"] / by_method["muon"]["seconds"], rel=0.01)

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from sift_cli.errors import SiftError
 from sift_cli.localize import localize
-from sift_cli.rundir import ALIGNMENT, ALIGNMENT_COLUMNS, RunDir
+from sift_cli.store.rundir import ALIGNMENT, ALIGNMENT_COLUMNS, RunDir
 
 EPS = -0.1
 COMPONENTS = ("q", "k", "v", "o", "gate", "up", "down")

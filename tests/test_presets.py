@@ -23,7 +23,7 @@ from sift_cli.engine import SiftOptimizer, spectral_scale
 from sift_cli.engine.precision import join_fp32
 from sift_cli.memory import model_from_config
 from sift_cli.spec import resolve_spec
-from sift_cli.train import optimizer_config, plan_routes, select_trainable, trainable_regex
+from sift_cli.plan import optimizer_config, plan_routes, select_trainable, trainable_regex
 
 SCALE = 16
 RELEASED = {

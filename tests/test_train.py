@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sift_cli.cli import app
-from sift_cli.rundir import RunDir
-from sift_cli.spec import RunSpec
+from sift_cli.store.rundir import RunDir
 
 TRAINABLE = r"layers\.(0|1)\.mlp\.down_proj"
 FORGET = [f"Pathogen note {i}: the virus enters the cell, copies its genome and spreads to the next cell." for i in range(30)]
@@ -187,6 +186,22 @@ def weights(run_path: Path) -> dict[str, torch.Tensor]:
     return load_file(run_path / "model" / "model.safetensors")
 
 
+def test_sigkill_then_resume_continues_bit_exactly(tiny_model_dir, data_dir, tmp_path) -> None:
+    """The fast resume check CI runs: one killed process, one resumed process, a straight run in-process."""
+    common = ["--steps", "3", "--set", "train.checkpoint_every=1"]
+    straight = tmp_path / "straight"
+    assert invoke(*train_args(tiny_model_dir, data_dir, straight, *common)).exit_code == 0
+    killed = tmp_path / "killed"
+    first = run_cli_process(train_args(tiny_model_dir, data_dir, killed, *common), how="kill", stop_at=2)
+    assert first.returncode == -9
+    resumed = run_cli_process(["train", "--resume", str(killed)])
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = weights(straight), weights(killed)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert list(RunDir(killed).read_metrics()["step"]) == [1, 2, 3]
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_dir, tmp_path) -> None:
     """bf16 weights with their fp32 master (split across the checkpoint's weights and optimizer state),
     deterministic algorithms on: the resumed run ends bit for bit where the straight one does."""
@@ -212,6 +227,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_di
     assert RunDir(killed).read_env()["deterministic"] is True
 
 
+@pytest.mark.slow
 def test_sigint_writes_a_checkpoint_and_resume_finishes(tiny_model_dir, data_dir, tmp_path) -> None:
     run_path = tmp_path / "interrupted"
     args = train_args(tiny_model_dir, data_dir, run_path, "--steps", "5", "--set", "train.checkpoint_every=10")

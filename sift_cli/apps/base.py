@@ -11,11 +11,16 @@ An app module exposes, at module level:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 import torch
 from pydantic import BaseModel
 from torch import nn
+
+if TYPE_CHECKING:
+    from sift_cli.spec import RunSpec
+    from sift_cli.store.prepared import PreparedData
+    from sift_cli.store.rundir import RunDir
 
 Batch = dict[str, torch.Tensor]
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
@@ -54,10 +59,12 @@ class EvalOptions:
     """Draw lm-eval's per-request progress bars (off where a caller prints its own summary, e.g. the demo)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def objective(self, options: type[BaseModelT], spec: Any) -> BaseModelT:
+    def objective(self, options: type[BaseModelT], spec: RunSpec) -> BaseModelT:
         """The app's `objective:` options of `spec`, with those of `extra` that the app knows overriding
-        them for this evaluation (e.g. another judge)."""
+        them for this evaluation (e.g. another judge); only overrides need validating again."""
         overrides = {key: value for key, value in self.extra.items() if key in options.model_fields}
+        if not overrides:
+            return spec.options(options)
         return options.model_validate({**spec.objective, **overrides})
 
 
@@ -65,6 +72,8 @@ class App(Protocol):
     Options: type[BaseModel]
     DEFAULT_TRAINABLE: str
 
-    def build_objectives(self, model: nn.Module, tokenizer: Any, spec: Any, data: Any) -> Objectives: ...
+    def build_objectives(self, model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives: ...
 
-    def evaluate(self, model: nn.Module, tokenizer: Any, spec: Any, run: Any, options: EvalOptions) -> dict: ...
+    def evaluate(
+        self, model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions
+    ) -> dict: ...

@@ -1,0 +1,1 @@
+"""Safety: SFT on helpful responses (f) under DPO towards safer responses (g)."""

@@ -1,0 +1,1 @@
+"""The offline unlearning demo that `make demo` runs: its data and its comparison."""

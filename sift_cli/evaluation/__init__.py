@@ -1,0 +1,1 @@
+"""Evaluation: the app metrics of a run, lm-eval glue, the LLM judge and greedy generation."""

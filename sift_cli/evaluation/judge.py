@@ -1,0 +1,164 @@
+"""LLM judges behind one method, `complete(messages) -> reply text`: an OpenAI-compatible endpoint or a local model.
+
+Apps own their judging prompts and reply parsing; this module only moves messages and replies, and
+turns every failure (network, HTTP status, malformed JSON) into `JudgeError` so that an app can count
+it as an error instead of mistaking it for a verdict. The API key is read from an environment
+variable whose name is configurable; the key itself stays in memory and is never written or logged.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field, field_validator
+
+from sift_cli.errors import SiftError, first_line
+
+Messages = list[dict[str, str]]
+RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class JudgeEndpoint(BaseModel):
+    """The judge settings every app's `objective:` section shares (an app adds its own `judge` kind)."""
+
+    judge_model: str = Field("gpt-4o", description="endpoint model name, or a local model path / HF id")
+    judge_base_url: str = "https://api.openai.com/v1"
+    judge_api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable holding the key")
+
+    @field_validator("judge_api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, value: str) -> str:
+        if not ENV_NAME.match(value):
+            raise ValueError(
+                "objective.judge_api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself"
+            )
+        return value
+
+    def make_judge(self, kind: Literal["openai", "local"]) -> "ChatJudge":
+        return make_judge(kind, self.judge_model, base_url=self.judge_base_url, api_key_env=self.judge_api_key_env)
+
+
+class JudgeError(Exception):
+    """One judge call failed; the caller records the item as a judging error."""
+
+
+class ChatJudge(Protocol):
+    def complete(self, messages: Messages) -> str: ...
+
+
+class OpenAICompatibleJudge:
+    """POST {base_url}/chat/completions with temperature 0, retrying transient failures."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60,
+        max_retries: int = 2,
+        retry_wait: float = 1.0,
+    ) -> None:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise SiftError(
+                f"the judge's API key variable {api_key_env} is not set; export it, or name the variable that holds the key"
+            )
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_wait = retry_wait
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatibleJudge(url={self.url!r}, model={self.model!r})"
+
+    def complete(self, messages: Messages) -> str:
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0}).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"}
+        attempt = 0
+        while True:
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return _reply_text(response.read())
+            except urllib.error.HTTPError as exc:
+                detail = exc.read()[:200].decode("utf-8", "replace")
+                if exc.code not in RETRY_STATUSES or attempt >= self.max_retries:
+                    raise JudgeError(f"judge returned HTTP {exc.code}: {detail}") from None
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+                if attempt >= self.max_retries:
+                    reason = getattr(exc, "reason", None) or exc
+                    raise JudgeError(f"judge unreachable at {self.url}: {reason}") from None
+            time.sleep(self.retry_wait * 2**attempt)
+            attempt += 1
+
+
+def _reply_text(raw: bytes) -> str:
+    try:
+        content = json.loads(raw)["choices"][0]["message"]["content"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
+        raise JudgeError(f"judge reply is not a chat completion: {raw[:200].decode('utf-8', 'replace')}") from None
+    if not isinstance(content, str):
+        raise JudgeError("judge reply has no text content")
+    return content
+
+
+class LocalHFJudge:
+    """A causal LM on this machine (any HF id or directory, or the offline default), greedy decoding."""
+
+    def __init__(self, model_path: str, max_new_tokens: int = 256, dtype: str = "float32") -> None:
+        from sift_cli.hf.loading import load_model, load_tokenizer
+        from sift_cli.spec import ModelSpec
+
+        spec = ModelSpec(name=model_path, dtype=dtype)
+        self.tokenizer = load_tokenizer(spec)
+        self.model = load_model(spec)
+        self.model_path = model_path
+        self.max_new_tokens = max_new_tokens
+
+    def complete(self, messages: Messages) -> str:
+        from sift_cli.evaluation.generate import generate
+
+        try:
+            return generate(self.model, self.tokenizer, [messages], self.max_new_tokens, batch_size=1)[0]
+        except RuntimeError as exc:
+            raise JudgeError(f"local judge failed: {first_line(exc)}") from None
+
+
+def make_judge(
+    kind: Literal["openai", "local"],
+    model: str,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    timeout: float = 60,
+    max_retries: int = 2,
+    max_new_tokens: int = 256,
+) -> ChatJudge:
+    """The judge a spec names: `openai` needs `base_url`, `local` loads `model` on this machine."""
+    if kind == "openai":
+        if not base_url:
+            raise SiftError("an 'openai' judge needs a base URL (e.g. https://api.openai.com/v1); set the judge's base_url")
+        return OpenAICompatibleJudge(base_url, model, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries)
+    if kind == "local":
+        return LocalHFJudge(model, max_new_tokens=max_new_tokens)
+    raise SiftError(f"unknown judge kind {kind!r}; use 'openai' (an OpenAI-compatible endpoint) or 'local' (a model path)")
+
+
+def describe(judge: Any) -> dict[str, Any]:
+    """What to record about a judge in results: kind, model and endpoint, never the key."""
+    if isinstance(judge, OpenAICompatibleJudge):
+        return {"kind": "openai", "model": judge.model, "url": judge.url}
+    if isinstance(judge, LocalHFJudge):
+        return {"kind": "local", "model": judge.model_path}
+    return {"kind": type(judge).__name__}

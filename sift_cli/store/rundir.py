@@ -1,0 +1,199 @@
+"""The run directory contract (DESIGN §2): what `train` writes and `localize`/`evaluate` read.
+
+Files:
+- spec.yaml       resolved run spec
+- env.json        versions, device, world size, seed
+- metrics.jsonl   one JSON object per logged step (METRIC_FIELDS)
+- alignment.csv   one row per spectral block per step (ALIGNMENT_COLUMNS)
+- spectra.jsonl   optional: singular values of both momenta for candidate blocks every N steps
+- checkpoints/    resumable state; model/ final model; eval/ and plots/ written later
+
+Logs are appended one step at a time; readers drop a torn last record so that a run killed mid-write
+(or still running) stays readable.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import yaml
+
+from sift_cli.errors import SiftError
+from sift_cli.spec import RunSpec, validate_spec
+from sift_cli.store.atomic import write_text
+
+SPEC = "spec.yaml"
+ENV = "env.json"
+METRICS = "metrics.jsonl"
+ALIGNMENT = "alignment.csv"
+SPECTRA = "spectra.jsonl"
+CHECKPOINTS = "checkpoints"
+MODEL = "model"
+EVAL = "eval"
+PLOTS = "plots"
+POME = "pome.json"
+"""Present in a run made by `sift pome` (a post-hoc edit of another run): what was edited, from what."""
+
+METRIC_FIELDS = (
+    "step",
+    "loss_f",
+    "loss_g",
+    "lr",
+    "seconds",
+    "optimizer_seconds",
+    "n_sift",
+    "n_blocks",
+)
+ALIGNMENT_COLUMNS = (
+    "step",
+    "block",
+    "layer",
+    "component",
+    "tau_grad",
+    "tau_momentum",
+    "tau",
+    "branch",
+    "candidate",
+)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and readers of one run directory."""
+
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """A run directory that must already exist (written by `sift train`)."""
+        run = cls(Path(path))
+        if not (run.path / SPEC).is_file():
+            raise SiftError(
+                f"{run.path} is not a run directory (no {SPEC}); pass the --output directory of a `sift train` run"
+            )
+        return run
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / SPEC
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS
+
+    def load_spec(self) -> RunSpec:
+        """The validated spec this run was trained with, its output pointing here (the directory may
+        have been moved since). Every reader of a run gets its settings through this one model."""
+        try:
+            tree = yaml.safe_load(self.spec_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise SiftError(f"{self.spec_path} cannot be read ({type(exc).__name__}); restore it from the `sift train` run") from None
+        if not isinstance(tree, dict):
+            raise SiftError(f"{self.spec_path} does not hold a run spec; restore it from the `sift train` run")
+        try:
+            spec = validate_spec(tree)
+        except SiftError as exc:
+            raise SiftError(f"{self.spec_path} is not a valid run spec: {exc}") from None
+        if Path(spec.output).resolve() != self.path.resolve():
+            spec = spec.model_copy(update={"output": self.path})
+        return spec
+
+    def read_env(self) -> dict[str, Any]:
+        return json.loads((self.path / ENV).read_text(encoding="utf-8"))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        _append(self.path / METRICS, _json_line(METRICS, record))
+
+    def append_alignment(self, rows: Iterable[dict[str, Any]]) -> None:
+        path = self.path / ALIGNMENT
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=ALIGNMENT_COLUMNS, lineterminator="\n")
+        if not path.exists() or path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerows(rows)
+        _append(path, buffer.getvalue())
+
+    def append_spectra(self, step: int, block: str, momentum: str, singular_values: list[float]) -> None:
+        record = {"step": step, "block": block, "momentum": momentum, "singular_values": singular_values}
+        _append(self.path / SPECTRA, _json_line(SPECTRA, record))
+
+    def read_metrics(self) -> pd.DataFrame:
+        return pd.DataFrame(_read_jsonl(self.path / METRICS), columns=list(METRIC_FIELDS))
+
+    def read_alignment(self) -> pd.DataFrame:
+        path = self.path / ALIGNMENT
+        if not path.exists():
+            return pd.DataFrame(columns=list(ALIGNMENT_COLUMNS))
+        text = path.read_text(encoding="utf-8")
+        complete = text[: text.rfind("\n") + 1]
+        if not complete.strip():
+            return pd.DataFrame(columns=list(ALIGNMENT_COLUMNS))
+        frame = pd.read_csv(io.StringIO(complete), on_bad_lines="skip")
+        frame = frame.dropna(subset=["step", "block", "branch"])
+        frame["step"] = frame["step"].astype(int)
+        frame["layer"] = frame["layer"].astype(int)
+        frame["candidate"] = frame["candidate"].astype(str).str.lower().eq("true")
+        return frame.reset_index(drop=True)
+
+    def read_spectra(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            _read_jsonl(self.path / SPECTRA), columns=["step", "block", "momentum", "singular_values"]
+        )
+
+    def truncate_logs(self, step: int) -> None:
+        """Drop log records after `step`, so a resumed run does not log the replayed steps twice."""
+        for name in (METRICS, SPECTRA):
+            path = self.path / name
+            if path.exists():
+                kept = [r for r in _read_jsonl(path) if r["step"] <= step]
+                write_text(path, "".join(_json_line(name, r) for r in kept))
+        path = self.path / ALIGNMENT
+        if path.exists():
+            frame = self.read_alignment()
+            kept = frame[frame["step"] <= step]
+            write_text(path, kept.to_csv(index=False, lineterminator="\n") if len(kept) else "")
+
+
+def _json_line(log: str, record: dict[str, Any]) -> str:
+    """A JSONL log record as it is written, whether appended or rewritten after a resume: metrics with
+    sorted keys, spectra in insertion order."""
+    return json.dumps(record, sort_keys=log == METRICS) + "\n"
+
+
+def _append(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
