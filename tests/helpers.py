@@ -1,4 +1,5 @@
-"""Test helpers shared by several test modules: reference matrices and a local HTTP server."""
+"""Test helpers shared by several test modules: reference matrices, a local HTTP server, and a tiny
+random Llama with a real byte-level BPE tokenizer."""
 
 from __future__ import annotations
 
@@ -34,3 +35,52 @@ def serving(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+TINY_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Viruses infect cells and copy themselves; vaccines train the immune system to fight them.",
+    "The heart pumps blood through arteries, veins and capillaries to every organ of the body.",
+    "Bacteria are single-celled organisms; antibiotics such as penicillin kill many of them.",
+    "Question: What organ pumps blood? Answer: the heart. A. B. C. D.",
+    "Language models predict the next token from the previous ones, one step at a time.",
+    "Wikipedia articles describe history, science, geography, music and sport in plain prose.",
+]
+TINY_VOCAB = 512
+SPECIALS = ["<|endoftext|>", "<|pad|>"]
+
+
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer trained in-process on TINY_CORPUS (no files, deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TINY_CORPUS * 20, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=SPECIALS[0], pad_token=SPECIALS[1])
+
+
+def tiny_llama(vocab_size: int, layers: int = 4, seed: int = 0):
+    """A random-init Llama (hidden 64, GQA 4/2 heads), about 0.2M parameters."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config).eval()
