@@ -1,6 +1,6 @@
 """Shared fixtures: an offline environment and a tiny random Llama with a real byte-level BPE tokenizer.
 
-`tiny_llama` and `tiny_tokenizer` are plain functions too (`from conftest import tiny_llama`), for tests
+`tiny_llama` and `tiny_tokenizer` are plain functions too (`from helpers import tiny_llama`), for tests
 that need a fresh model per case.
 
 The hub is switched off and the HF caches point at a temporary directory before `datasets` or
@@ -22,7 +22,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers import tiny_llama, tiny_tokenizer  # noqa: E402  (re-exported: tests import them from conftest)
+from helpers import tiny_llama, tiny_tokenizer  # noqa: E402
 
 torch.set_num_threads(1)
 """Test matrices and models are tiny: intra-op threads gain nothing on them, and on a shared CI machine

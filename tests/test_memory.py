@@ -8,7 +8,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from conftest import tiny_llama
+from helpers import tiny_llama
 from sift_cli import memory
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_llama
+from helpers import tiny_llama
 
 from sift_cli.apps.unlearning import app as unlearning
 from sift_cli.errors import SiftError
