@@ -87,10 +87,15 @@ def train(
     from sift_cli.spec import resolve_spec
 
     if resume is not None:
-        from sift_cli.store.rundir import RunDir
-        from sift_cli.train import train as run_training
-
-        run_training(RunDir.open(resume).load_spec(), console=console, resume=True)
+        fixed = {"--app": app_name, "--preset": preset, "--config": config, "--method": method, "--eps": eps, "--k": k,
+                 "--model": model, "--data": data, "--output": output, "--set": assignments or None}  # fmt: skip
+        given = [flag for flag, value in fixed.items() if value is not None]
+        if given:
+            raise SiftError(
+                f"--resume continues a run with its own spec and takes only --steps, --lr and --dry-run, not {given[0]}; "
+                "start a new run with --output to change other settings"
+            )
+        _resume(resume, steps=steps, lr=lr, dry_run=dry_run)
         return
     overrides = {
         "optim.method": method,
@@ -113,6 +118,26 @@ def train(
     from sift_cli.train import train as run_training
 
     run_training(spec, console=console)
+
+
+def _resume(path: Path, steps: Optional[int], lr: Optional[float], dry_run: bool) -> None:
+    """`sift train --resume`: continue a run, with more steps or a new learning rate if asked; a dry run
+    prints what would happen and writes nothing."""
+    from sift_cli.store.rundir import RunDir
+    from sift_cli.train import latest_checkpoint, resume_changes
+    from sift_cli.train import train as run_training
+
+    run = RunDir.open(path)
+    spec, changes = resume_changes(run.load_spec(), steps=steps, lr=lr)
+    if dry_run:
+        from sift_cli.plan import print_dry_run
+
+        print_dry_run(spec, console)
+        checkpoint = latest_checkpoint(run)
+        changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()) or "nothing"
+        console.print(f"would resume {run.path} from {checkpoint.name if checkpoint else 'the start'}, changing {changed}")
+        return
+    run_training(spec, console=console, resume=True, changes=changes)
 
 
 @app.command()
@@ -145,6 +170,58 @@ def localize(
 
 @app.command()
 @user_errors
+def compare(
+    app_name: Optional[str] = typer.Option(None, "--app", help="the application (its CPU preset is the base spec)"),
+    preset: Optional[str] = typer.Option(None, help="base preset (default: <app>_cpu)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="your own base YAML spec"),
+    assignments: List[str] = typer.Option([], "--set", help="any base spec field: --set train.batch_size=8"),
+    methods: List[str] = typer.Option([], "--method", help="METHOD=LR[,LR...]; repeatable (sift, muon, adamw, blur, muon+pome); default: the app's grid"),
+    seeds: str = typer.Option("0", help="comma-separated training seeds"),
+    steps: Optional[int] = typer.Option(None, help="optimizer steps per run (default: the base spec's)"),
+    tasks: Optional[str] = typer.Option(None, help="comma-separated local MCQ files (or cloze:FILE), split into validation and test"),
+    tolerance: float = typer.Option(0.10, help="a learning rate qualifies while validation retain perplexity is within this share of the base model's"),
+    reference: str = typer.Option("muon", help="the method every other is tested against"),
+    output: Path = typer.Option(..., "--output", "-o", help="the comparison directory (new, or an interrupted comparison to continue)"),
+) -> None:
+    """Compare methods on one task: choose each method's lr on validation, report test metrics with intervals."""
+    from pydantic import ValidationError
+
+    from sift_cli.apps import get_app
+    from sift_cli.compare.grid import CompareOptions
+    from sift_cli.compare.run import run_compare
+    from sift_cli.spec import describe_validation_error, resolve_spec
+
+    base = resolve_spec(app=app_name, preset=preset, config=config, assignments=assignments)
+    grid = dict(parse_method(text) for text in methods) or getattr(get_app(base.app), "COMPARE_GRID", {})
+    try:
+        options = CompareOptions(grid=grid, seeds=parse_ints(seeds, "--seeds"), steps=steps, utility_tolerance=tolerance, reference=reference)
+    except ValidationError as exc:
+        raise SiftError(describe_validation_error(exc)) from None
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
+    run_compare(base, options, output, task_list, console=console)
+
+
+def parse_method(text: str) -> tuple[str, list[float]]:
+    """`sift=2e-2,5e-2` -> ("sift", [0.02, 0.05])."""
+    name, _, rates = text.partition("=")
+    try:
+        values = [float(rate) for rate in rates.split(",") if rate.strip()]
+    except ValueError:
+        values = []
+    if not name or not values:
+        raise SiftError(f"--method {text!r} is not METHOD=LR[,LR...] (e.g. --method sift=2e-2,5e-2)")
+    return name.strip(), values
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SiftError(f"{flag} {text!r} is not a comma-separated list of integers") from None
+
+
+@app.command()
+@user_errors
 def pome(
     run_dir: Path = typer.Argument(..., help="a finished run directory (e.g. a Muon run)"),
     output: Path = typer.Option(..., "--output", "-o", help="the new run directory to write (must not exist or be empty)"),
@@ -170,7 +247,7 @@ def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="where the demo writes its data and runs"),
     steps: Optional[int] = typer.Option(None, help="override the demo's number of steps"),
 ) -> None:
-    """Offline unlearning demo on SmolLM2-135M-Instruct (4-bit GGUF, dequantized): SIFT vs AdamW, one table."""
+    """Offline unlearning demo on SmolLM2-135M-Instruct (4-bit GGUF, dequantized): AdamW, Muon and SIFT compared."""
     from sift_cli.demo.run import run_demo
 
     run_demo(output, console=console, steps=steps)
@@ -194,7 +271,19 @@ def bench_engine(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
 ) -> None:
     """Per-step optimizer time of AdamW, Muon, exact and fast SIFT, as ratios to Muon."""
+    import re
+
     from sift_cli.bench import run_engine_bench
+
+    if k < 1:
+        raise SiftError(f"--k {k} must be at least 1")
+    if device is not None:
+        import torch
+
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+            raise SiftError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise SiftError(f"--device {device} but no CUDA device is visible; use cpu")
 
     run_engine_bench(k=k, device=device, console=console)
 

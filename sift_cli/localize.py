@@ -101,6 +101,8 @@ def localize(run_dirs: list[Path], output: Path | None = None, console: Console 
     """
     if not run_dirs:
         raise SiftError("no run directory given; pass one or more `sift train` output directories")
+    if output is not None and output.exists() and not output.is_dir():
+        raise SiftError(f"--output {output} is a file; pass a directory for the plots")
     console = console or Console()
     logs = [load_run(Path(path), name) for path, name in zip(run_dirs, run_names(run_dirs))]
     results = []

@@ -4,7 +4,7 @@ POME edits a trained model after the fact (no training): for every trained 2-D b
 fraction of the weight change's singular directions at one shared scale (`sift_cli.engine.pome`). The
 result is a run directory like any other, so `sift evaluate` and `sift localize` read it unchanged: the
 source run's spec (its `output` pointing at the new directory), its training logs (the edit was computed
-from that training), the edited `model/`, and `pome.json`, which says what was edited and from what. It
+from that training), its copy of the held-out data, the edited `model/`, and `pome.json`, which says what was edited and from what. It
 holds no checkpoints: an edit is not resumable training, and `sift train --resume` refuses it.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ from sift_cli.errors import SiftError
 from sift_cli.hf.loading import load_model, load_tokenizer
 from sift_cli.plan import trainable_regex
 from sift_cli.store.atomic import write_json, write_text
-from sift_cli.store.rundir import ALIGNMENT, ENV, METRICS, POME, SPECTRA, RunDir
+from sift_cli.store.rundir import ALIGNMENT, DATA, ENV, METRICS, POME, SPECTRA, RunDir
+from sift_cli.store.transaction import staged_directory
 
 COPIED_LOGS = (ENV, METRICS, ALIGNMENT, SPECTRA)
 
@@ -70,18 +70,13 @@ def pome_run(
 
 def _write_atomically(output: Path, source: RunDir, spec_yaml: str, model: Any, tokenizer: Any, record: dict[str, Any]) -> None:
     """Build the run in a temporary sibling and rename it into place, so no half-written run is ever seen."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
+    with staged_directory(output) as staging:
         write_text(staging / "spec.yaml", spec_yaml)
         for name in COPIED_LOGS:
             if (source.path / name).is_file():
                 shutil.copy2(source.path / name, staging / name)
+        if source.data_dir.is_dir():
+            shutil.copytree(source.data_dir, staging / DATA)
         model.save_pretrained(staging / "model")
         tokenizer.save_pretrained(staging / "model")
         write_json(staging / POME, record)
-        if output.exists():
-            output.rmdir()
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

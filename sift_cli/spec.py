@@ -7,6 +7,7 @@ config fails in a second instead of after the model has loaded.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, TypeVar
@@ -27,6 +28,8 @@ from sift_cli.errors import SiftError
 from sift_cli.resources import presets_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+FLOAT32_MAX = 3.4028234663852886e38
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
@@ -35,7 +38,7 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    name: str = Field(DEFAULT_MODEL, description="HF hub id, local directory, or the offline default")
+    name: str = Field(DEFAULT_MODEL, min_length=1, description="HF hub id, local directory, or the offline default")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     revision: Optional[str] = None
     trust_remote_code: bool = False
@@ -44,6 +47,9 @@ class ModelSpec(_Strict):
 class DataSpec(_Strict):
     path: Path = Field(description="prepared-data directory written by `sift prepare`")
     max_length: int = Field(256, ge=8)
+    max_dropped: float = Field(
+        0.1, ge=0, le=1, description="refuse a run whose max_length drops more than this share of an objective's examples"
+    )
 
 
 @dataclass
@@ -60,6 +66,8 @@ class OptimSpec(OptimizerConfig):
         """The engine's checks, plus one a run needs: a gate that can fire only on a conflict (the
         engine itself accepts any eps, which its tests use to force a branch)."""
         found = super().problems()
+        if math.isfinite(self.lr) and abs(self.lr) >= FLOAT32_MAX:
+            found.append(f"lr={self.lr} is beyond the float32 range the update is computed in; pass a learning rate below 1e38")
         if self.method == "sift" and math.isfinite(self.eps) and not -1.0 <= self.eps < 0.0:
             found.append(f"eps={self.eps} never marks a conflict; SIFT needs -1 <= eps < 0 (paper: -0.1 to -0.8)")
         return found
@@ -71,15 +79,29 @@ class TrainSpec(_Strict):
     grad_accum: int = Field(1, ge=1)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(0, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**64, description="torch accepts seeds in [0, 2**64)")
     trainable: Optional[str] = Field(None, description="regex of trained parameter names (null: the app's default)")
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     spectra_every: int = Field(0, ge=0, description="log momentum singular values every N steps (0: off)")
-    device: str = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     report_to: Literal["none", "tensorboard", "wandb"] = Field(
         "none", description="also send metrics to an experiment tracker (accelerate's trackers); none: metrics.jsonl only"
     )
+
+    @model_validator(mode="after")
+    def _checked(self) -> "TrainSpec":
+        problems = []
+        if self.trainable is not None:
+            try:
+                re.compile(self.trainable)
+            except re.error as exc:
+                problems.append(f"trainable={self.trainable!r} is not a valid regular expression ({exc}); fix the pattern")
+        if not DEVICE.match(self.device):
+            problems.append(f"device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
 
 class RunSpec(_Strict):
@@ -123,6 +145,10 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise SiftError(f"config file {path} does not exist; check the path")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SiftError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
+    except OSError as exc:
+        raise SiftError(f"config file {path} cannot be read ({exc.strerror}); check the path") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

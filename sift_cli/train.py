@@ -9,12 +9,15 @@ positions) is checkpointed atomically, so `--resume` after a crash or SIGKILL re
 from __future__ import annotations
 
 import math
+import os
 import platform
 import random
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -34,7 +37,7 @@ from sift_cli import tracking
 from sift_cli.apps import get_app
 from sift_cli.apps.base import Batch, Objectives
 from sift_cli.engine import Route, SiftOptimizer, StepReport
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import naming
 from sift_cli.hf.model_card import write_model_card
 from sift_cli.output import summary
@@ -47,8 +50,10 @@ from sift_cli.plan import (
 )
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json, write_text, write_with
-from sift_cli.store.prepared import load_prepared
+from sift_cli.store.lock import locked
+from sift_cli.store.prepared import PreparedData, copy_tables, load_prepared
 from sift_cli.store.rundir import ENV, POME, RunDir
+from sift_cli.store.transaction import staged_directory
 
 CHECKPOINT_GLOB = "step-*.pt"
 KEEP_CHECKPOINTS = 2
@@ -148,6 +153,40 @@ def latest_checkpoint(run: RunDir) -> Path | None:
     return found[-1] if found else None
 
 
+class UnreadableCheckpoint(Exception):
+    """A checkpoint file that does not load (truncated, empty, not a torch archive)."""
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's state, loaded without executing code; any failure to load it is UnreadableCheckpoint."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError... for a damaged file
+        raise UnreadableCheckpoint(first_line(exc, 100)) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise UnreadableCheckpoint("not a sift checkpoint")
+    return state
+
+
+def check_fit(objectives: Objectives, spec: RunSpec) -> None:
+    """Refuse a run whose data.max_length drops more than data.max_dropped of an objective's examples."""
+    for name, fit in objectives.fits.items():
+        if fit.total and fit.dropped / fit.total > spec.data.max_dropped:
+            raise SiftError(
+                f"data.max_length={spec.data.max_length} drops {fit.dropped} of {fit.total} {name} examples "
+                f"(more than data.max_dropped={spec.data.max_dropped:g}); raise data.max_length or data.max_dropped"
+            )
+
+
+def fit_lines(objectives: Objectives, max_length: int) -> list[str]:
+    """What max_length did to each objective's examples, for the console (nothing when all fit)."""
+    return [
+        f"{name}: of {fit.total} examples, data.max_length={max_length} dropped {fit.dropped} and cut the end of {fit.cut}"
+        for name, fit in objectives.fits.items()
+        if fit.dropped or fit.cut
+    ]
+
+
 class Trainer:
     """One run: model, objectives, optimizer and schedule, stepping and checkpointing."""
 
@@ -155,16 +194,20 @@ class Trainer:
         from accelerate import Accelerator
 
         self.spec, self.run, self.console = spec, run, console
+        if spec.train.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SiftError(f"train.device={spec.train.device} but no CUDA device is visible; use auto or cpu")
         cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(cpu=cpu, **tracking.accelerator_kwargs(spec.train.report_to, run.path))
         self.device = self.accelerator.device
         seed_everything(spec.train.seed)
         app = get_app(spec.app)
         data = load_prepared(spec.data.path, spec.app)
+        self.data: PreparedData = data
         self.tokenizer = load_tokenizer(spec.model)
         self.model = load_model(spec.model).to(self.device)
         select_trainable(self.model, trainable_regex(spec))
         self.objectives: Objectives = app.build_objectives(self.model, self.tokenizer, spec, data)
+        check_fit(self.objectives, spec)
         # An app may replace modules while building its objectives (new token embeddings), so the
         # trained parameters are collected again afterwards.
         self.named = select_trainable(self.model, trainable_regex(spec))
@@ -177,6 +220,7 @@ class Trainer:
         }
         self.optimizer = SiftOptimizer(self.named, optimizer_config(spec.optim, model_config))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(spec.train))
+        self.spec_lrs = list(self.scheduler.base_lrs)
         seed = spec.train.seed
         self.streams = {
             "f": IndexStream(len(self.objectives.f_data), seed=2 * seed + 1),
@@ -198,17 +242,54 @@ class Trainer:
         for old in sorted(self.run.checkpoints.glob(CHECKPOINT_GLOB))[:-KEEP_CHECKPOINTS]:
             old.unlink()
 
-    def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        with torch.no_grad():
-            for name, param in self.named:
-                param.copy_(state["weights"][name].to(param.device))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    def load_checkpoint(self, state: dict[str, Any], name: str) -> None:
+        """Restore a checkpoint's state; one that does not fit this run's parameters is a one-line error."""
+        try:
+            with torch.no_grad():
+                for param_name, param in self.named:
+                    param.copy_(state["weights"][param_name].to(param.device))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except KeyError as exc:
+            raise SiftError(
+                f"{name} holds no state for {exc.args[0]}: the run's trained parameters (train.trainable) changed "
+                f"since it started; restore {self.run.spec_path.name} or start a new run with --output"
+            ) from None
+        except (ValueError, RuntimeError) as exc:
+            raise SiftError(f"{name} does not fit this run ({first_line(exc, 120)}); restore {self.run.spec_path.name}") from None
         set_rng_state(state["rng"])
         for key, position in state["data_position"].items():
             self.streams[key].position = position
         self.step = state["step"]
+
+    def restore_latest(self) -> tuple[Path | None, list[str]]:
+        """Load the newest readable checkpoint; return it and the names of newer unreadable ones, which a
+        kill during the write of a checkpoint can leave (a warning names each)."""
+        skipped = []
+        for path in sorted(self.run.checkpoints.glob(CHECKPOINT_GLOB), reverse=True):
+            try:
+                state = read_checkpoint(path)
+            except UnreadableCheckpoint as exc:
+                skipped.append(path.name)
+                self.console.print(f"[yellow]warning:[/yellow] {path.name} is unreadable ({exc}); trying the one before it")
+                continue
+            self.load_checkpoint(state, path.name)
+            return path, skipped
+        if skipped:
+            raise SiftError(
+                f"no checkpoint in {self.run.checkpoints} can be read ({', '.join(skipped)}); start again with a new --output"
+            )
+        return None, skipped
+
+    def use_spec_learning_rates(self) -> None:
+        """After a resume that changed the learning rate or the length of the schedule: the spec's base
+        rates, at the schedule's current step (a checkpoint restores the rates it was saved with)."""
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler.base_lrs = list(self.spec_lrs)
+        for group, base in zip(self.optimizer.param_groups, self.spec_lrs):
+            group["initial_lr"] = base
+            group["lr"] = base * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _batch(self, which: str) -> Batch:
         objectives = self.objectives
@@ -230,8 +311,8 @@ class Trainer:
             value = loss.item()
             if not math.isfinite(value):
                 raise TrainingStopped(
-                    f"loss_{which} became {value} at step {self.step + 1}; lower --lr or check the data "
-                    f"(last good checkpoint kept in {self.run.checkpoints})"
+                    f"loss_{which} became {value} at step {self.step + 1}; check the data, or continue from the last "
+                    f"good checkpoint with a lower rate: `sift train --resume {self.run.path} --lr {self.spec.optim.lr / 10:g}`"
                 )
             (loss / accum).backward()
             total += value / accum
@@ -253,8 +334,8 @@ class Trainer:
         if not bool(finite.all()):
             name = self.named[int((~finite).nonzero()[0])][0]
             raise TrainingStopped(
-                f"the update made {name} non-finite at step {self.step}; lower --lr "
-                f"(last good checkpoint kept in {self.run.checkpoints})"
+                f"the update made {name} non-finite at step {self.step}; continue from the last good checkpoint "
+                f"with a lower rate: `sift train --resume {self.run.path} --lr {self.spec.optim.lr / 10:g}`"
             )
         return loss_f, loss_g, report
 
@@ -298,9 +379,10 @@ class Trainer:
                 self.run.append_spectra(self.step, name, "g", s_g.tolist())
 
     def save_model(self) -> None:
-        target = self.run.model_dir
-        self.accelerator.unwrap_model(self.model).save_pretrained(target)
-        self.tokenizer.save_pretrained(target)
+        """Write model/ as one transaction, so a kill mid-save never leaves a half-written model."""
+        with staged_directory(self.run.model_dir) as staging:
+            self.accelerator.unwrap_model(self.model).save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
 
 
 @contextmanager
@@ -318,32 +400,131 @@ def interrupt_flag() -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def prepare_run_dir(spec: RunSpec, resume: bool) -> RunDir:
-    run = RunDir(Path(spec.output))
-    if not resume and (run.spec_path.exists() or latest_checkpoint(run) is not None):
+def check_new_output(path: Path) -> None:
+    """Refuse, before anything loads, an --output a new run cannot own: a file, a run (resume it), a
+    directory holding anything else, or a place that cannot be created."""
+    run = RunDir(path)
+    if path.exists() and not path.is_dir():
+        raise SiftError(f"--output {path} is a file; pass a directory for the run")
+    if run.holds_run():
         raise SiftError(
-            f"{run.path} already holds a run; resume it with `sift train --resume {run.path}` or pass a new --output"
+            f"{path} already holds a run; resume it with `sift train --resume {path}` or pass a new --output"
         )
-    if resume and (run.path / POME).is_file():
-        raise SiftError(f"{run.path} is a POME edit of another run, not a training run; resume the source run instead")
-    run.path.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_text(run.spec_path, spec.to_yaml())
-    return run
+    foreign = run.foreign_entries()
+    if foreign:
+        raise SiftError(
+            f"--output {path} holds files that are not a sift run ({', '.join(foreign[:3])}); pass a new or empty directory"
+        )
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise SiftError(f"--output {path} cannot be written ({ancestor} is not a writable directory); pass another directory")
 
 
-def train(spec: RunSpec, console: Console | None = None, resume: bool = False) -> RunDir:
-    """Run (or resume) `spec` to completion and return its run directory."""
+def absolute_spec(spec: RunSpec) -> RunSpec:
+    """The spec with every path that exists here made absolute (data, output, a local model, local
+    files in the app's options), so the run directory means the same thing from any directory."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            return str(Path(value).expanduser().resolve())
+        if isinstance(value, list):
+            return [absolute(item) for item in value]
+        return value
+
+    tree = spec.model_dump(mode="json")
+    tree["data"]["path"] = str(Path(spec.data.path).resolve())
+    tree["output"] = str(Path(spec.output).resolve())
+    tree["model"]["name"] = absolute(spec.model.name)
+    tree["objective"] = {key: absolute(value) for key, value in spec.objective.items()}
+    return type(spec).model_validate(tree)
+
+
+def history_record(event: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "event": event,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["sift", *sys.argv[1:]]),
+        **fields,
+    }
+
+
+def resume_changes(spec: RunSpec, steps: int | None = None, lr: float | None = None) -> tuple[RunSpec, dict[str, list[Any]]]:
+    """The run's spec with what a resume may change (more steps; a new learning rate, e.g. after a
+    non-finite stop) and {setting: [before, after]} of what did change."""
+    from sift_cli.spec import validate_spec
+
+    tree = spec.model_dump(mode="json")
+    changes: dict[str, list[Any]] = {}
+    if steps is not None and steps != spec.train.steps:
+        changes["train.steps"] = [spec.train.steps, steps]
+        tree["train"]["steps"] = steps
+    if lr is not None and lr != spec.optim.lr:
+        changes["optim.lr"] = [spec.optim.lr, lr]
+        tree["optim"]["lr"] = lr
+    return (validate_spec(tree), changes) if changes else (spec, changes)
+
+
+def train(spec: RunSpec, console: Console | None = None, resume: bool = False, changes: dict[str, list[Any]] | None = None) -> RunDir:
+    """Run a new `spec` (or resume the run it belongs to, with `changes` from `resume_changes`) to
+    completion and return its run directory.
+
+    A new run writes nothing until the model, the data and the plan have loaded and been checked; the
+    run directory is locked against other processes for as long as this one writes it."""
     console = console or Console()
     tracking.check_tracker(spec.train.report_to)
-    run = prepare_run_dir(spec, resume)
+    run = RunDir(Path(spec.output))
+    if resume:
+        if (run.path / POME).is_file():
+            raise SiftError(f"{run.path} is a POME edit of another run, not a training run; resume the source run instead")
+        with locked(run.path, "resume it"):
+            return _resume(spec, run, console, changes or {})
+    spec = absolute_spec(spec)
+    run = RunDir(Path(spec.output))
+    check_new_output(run.path)
     trainer = Trainer(spec, run, console)
-    for note in trainer.objectives.notes:
-        console.print(note)
-    checkpoint = latest_checkpoint(run) if resume else None
+    try:
+        run.path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SiftError(f"cannot create {run.path} ({exc.strerror}); pass another --output") from None
+    with locked(run.path, "train into it"):
+        check_new_output(run.path)
+        run.remove_temporary()
+        write_text(run.spec_path, spec.to_yaml())
+        copy_tables(trainer.data, run.data_dir, get_app(spec.app).EVAL_TABLES)
+        run.append_history(history_record("start", step=0))
+        return _run(trainer, console)
+
+
+def _resume(spec: RunSpec, run: RunDir, console: Console, changes: dict[str, list[Any]]) -> RunDir:
+    removed = run.remove_temporary()
+    if removed:
+        console.print(f"removed {len(removed)} temporary file(s) of an interrupted write: {', '.join(removed[:3])}")
+    latest = latest_checkpoint(run)
+    done = int(latest.stem.removeprefix("step-")) if latest is not None else 0
+    if spec.train.steps < done:
+        raise SiftError(f"{run.path} is at step {done}; --steps {spec.train.steps} would undo training, pass at least {done}")
+    trainer = Trainer(spec, run, console)
+    checkpoint, skipped = trainer.restore_latest()
+    if changes:
+        trainer.use_spec_learning_rates()
+        write_text(run.spec_path, spec.to_yaml())
+        console.print("resume changes " + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()))
     if checkpoint is not None:
-        trainer.load_checkpoint(checkpoint)
         console.print(f"resumed from {checkpoint.name} (step {trainer.step})")
+    if not run.data_dir.is_dir():
+        copy_tables(trainer.data, run.data_dir, get_app(spec.app).EVAL_TABLES)
+    run.append_history(
+        history_record("resume", step=trainer.step, checkpoint=checkpoint.name if checkpoint else None, changes=changes, unreadable=skipped)
+    )
+    return _run(trainer, console)
+
+
+def _run(trainer: Trainer, console: Console) -> RunDir:
+    run, spec = trainer.run, trainer.spec
+    for note in [*trainer.objectives.notes, *fit_lines(trainer.objectives, spec.data.max_length)]:
+        console.print(note)
     run.truncate_logs(trainer.step)
     write_json(run.path / ENV, environment(trainer.device, trainer.accelerator.num_processes, spec.train.seed))
     tracking.start(trainer.accelerator, spec.train.report_to, spec.model_dump(mode="json"), run.path.name)

@@ -9,10 +9,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_the_packaged_list_is_the_package_tree() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "sift_cli").rglob("__init__.py")}
+    assert listed == found | {"sift_cli.configs"}
+
+
 def test_wheel_carries_the_presets_and_finds_them(tmp_path: Path) -> None:
-    wheels = tmp_path / "wheels"
+    """Built from a clean copy of the tracked files, so no earlier build output can hide a missing file."""
+    source, wheels = tmp_path / "source", tmp_path / "wheels"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((ROOT / name).read_bytes())
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         check=True,
         capture_output=True,
     )
@@ -33,12 +47,3 @@ def test_wheel_carries_the_presets_and_finds_them(tmp_path: Path) -> None:
     assert Path(out[0]).is_relative_to(target)
     assert out[1].split() == sorted(p.stem for p in (ROOT / "configs" / "presets").glob("*.yaml"))
     assert out[2] == "unlearning"
-
-
-def test_every_package_of_the_source_tree_is_listed_for_the_wheel() -> None:
-    """pyproject lists the packages (discovery cannot see the mapped configs/); a new one must be added."""
-    import tomllib
-
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sift_cli").rglob("__init__.py")}
-    assert found | {"sift_cli.configs"} == listed

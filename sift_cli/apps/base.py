@@ -3,6 +3,7 @@
 An app module exposes, at module level:
 - `Options`: a pydantic model of the app's own spec section (`objective:` in the YAML), extra keys forbidden;
 - `DEFAULT_TRAINABLE`: regex of the parameters the app trains by default (the spec may override it);
+- `EVAL_TABLES`: the prepared tables its `evaluate` reads (a run copies them, so it is self-contained);
 - `build_objectives(model, tokenizer, spec, data) -> Objectives`;
 - `evaluate(model, tokenizer, spec, run, options) -> dict` (metrics, also written under run/eval/).
 `prepare` functions are app-specific (their sources differ) and are called by the CLI.
@@ -27,6 +28,16 @@ BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 Loss = Callable[[nn.Module, Batch], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class Fit:
+    """How one objective's examples fit `data.max_length`: of `total`, `dropped` lost everything the
+    objective trains on and `cut` lost their end (an answer's last tokens, its end-of-turn token)."""
+
+    total: int
+    dropped: int = 0
+    cut: int = 0
+
+
 @dataclass
 class Objectives:
     """Two datasets, two collators and two losses: f (keep utility) and g (the constraint).
@@ -46,6 +57,9 @@ class Objectives:
     """Extra modules the losses use (e.g. a frozen reference model) that must follow the model's device."""
     notes: list[str] = field(default_factory=list)
     """One-line facts about how the objectives were built (e.g. what a memory saving saved), printed at start."""
+    fits: dict[str, Fit] = field(default_factory=dict)
+    """Per objective ("f", "g"), what `data.max_length` dropped or cut; training prints it and refuses a
+    run that drops more than `data.max_dropped` of an objective's examples."""
 
 
 @dataclass
@@ -71,6 +85,7 @@ class EvalOptions:
 class App(Protocol):
     Options: type[BaseModel]
     DEFAULT_TRAINABLE: str
+    EVAL_TABLES: tuple[str, ...]
 
     def build_objectives(self, model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives: ...
 

@@ -1,11 +1,15 @@
 """`sift evaluate`: a finished run's model through its app's metrics, written to run_dir/eval/results.json.
 
-Reads only the run directory (its spec names the prepared data the app may use for held-out metrics),
-so any run can be re-evaluated later with other tasks.
+Reads only the run directory (the held-out tables a run copied at its start), so any run can be
+re-evaluated later, from any directory, with other tasks. `results.json` keeps every evaluation, each
+with how it was made (command, tasks, limit, batch size, sample sizes, versions); the newest is last.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,7 @@ from sift_cli.hf.model_card import write_model_card
 from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json
+from sift_cli.store.lock import locked
 from sift_cli.store.rundir import RunDir
 
 RESULTS = "results.json"
@@ -45,20 +50,76 @@ def evaluate_model(
     return get_app(spec.app).evaluate(model, tokenizer, spec, run, options)
 
 
+def check_options(options: EvalOptions) -> None:
+    """Refuse options that could only fail after the model has loaded (or after a whole lm-eval pass)."""
+    from sift_cli.evaluation.lmeval import describe_tasks
+
+    if options.limit is not None and options.limit < 1:
+        raise SiftError(f"--limit {options.limit} evaluates nothing; pass a positive number or leave it out")
+    if options.batch_size < 1:
+        raise SiftError(f"--batch-size {options.batch_size} must be at least 1")
+    describe_tasks(options.tasks or [])
+
+
 def evaluate_run(run_dir: Path, options: EvalOptions, console: Console | None = None) -> dict[str, Any]:
-    """Evaluate the model a `sift train` run saved; write eval/results.json and print a table."""
+    """Evaluate the model a `sift train` run saved; add the evaluation to eval/results.json and print a
+    table. Returns the new evaluation: the results, and under `made` how they were made."""
     console = console or Console()
     run = RunDir.open(run_dir)
     spec = run.load_spec()
     if not (run.model_dir / "config.json").is_file():
         raise SiftError(f"{run.path} has no trained model yet (no model/); finish it with `sift train --resume {run.path}`")
-    model, tokenizer = load_for_eval(spec, run.model_dir)
-    results = {"app": spec.app, "model": str(run.model_dir), **evaluate_model(model, tokenizer, spec, options, run)}
-    write_json(run.eval_dir / RESULTS, results)
-    write_model_card(run, spec, [row for row in flatten(results) if row[0] not in ("app", "model")])
+    check_options(options)
+    with locked(run.path, "evaluate it"):
+        earlier = read_evaluations(run)
+        model, tokenizer = load_for_eval(spec, run.model_dir)
+        results = {"app": spec.app, "model": str(run.model_dir), **evaluate_model(model, tokenizer, spec, options, run)}
+        entry = {**results, "made": provenance(options)}
+        write_json(run.eval_dir / RESULTS, {"evaluations": [*earlier, entry]})
+        write_model_card(run, spec, [row for row in flatten(results) if row[0] not in ("app", "model")])
     console.print(results_table(results, title=f"{spec.app}: {run.path}"))
-    summary(console, f"evaluated {spec.app} on {run.path}; model card updated", run.eval_dir / RESULTS)
-    return results
+    summary(console, f"evaluated {spec.app} (evaluation {len(earlier) + 1}); model card updated", run.eval_dir / RESULTS)
+    return entry
+
+
+def read_evaluations(run: RunDir) -> list[dict[str, Any]]:
+    """The evaluations results.json already holds; a file from before the history (one flat result)
+    becomes the first entry, marked as made in an unrecorded way."""
+    path = run.eval_dir / RESULTS
+    if not path.is_file():
+        return []
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SiftError(f"{path} cannot be read ({type(exc).__name__}); move it aside to start a new history") from None
+    if isinstance(stored, dict) and isinstance(stored.get("evaluations"), list):
+        return stored["evaluations"]
+    return [{**stored, "made": {"recorded": False}}] if isinstance(stored, dict) else []
+
+
+def provenance(options: EvalOptions) -> dict[str, Any]:
+    """How an evaluation was made: enough to repeat it, and to tell a `--limit` run from a full one."""
+    import lm_eval
+    import transformers
+
+    import sift_cli
+    from sift_cli.evaluation.lmeval import describe_tasks
+
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["sift", *sys.argv[1:]]),
+        "tasks": describe_tasks(options.tasks) if options.tasks is not None else "the app's defaults",
+        "limit": options.limit,
+        "batch_size": options.batch_size,
+        "overrides": options.extra,
+        "versions": {
+            "sift": sift_cli.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "lm_eval": getattr(lm_eval, "__version__", "unknown"),
+            "python": sys.version.split()[0],
+        },
+    }
 
 
 def flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

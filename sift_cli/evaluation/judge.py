@@ -3,7 +3,9 @@
 Apps own their judging prompts and reply parsing; this module only moves messages and replies, and
 turns every failure (network, HTTP status, malformed JSON) into `JudgeError` so that an app can count
 it as an error instead of mistaking it for a verdict. The API key is read from an environment
-variable whose name is configurable; the key itself stays in memory and is never written or logged.
+variable whose name is configurable; the key itself stays in memory and is never written or logged:
+every text the endpoint sends back (replies and error bodies, which some endpoints echo the request's
+headers into) has the key replaced before anyone can store or print it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from sift_cli.errors import SiftError, first_line
 
 Messages = list[dict[str, str]]
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
+REDACTED = "[redacted]"
+QUOTED_BYTES = 200
+"""How much of an error body a JudgeError quotes (after the key is redacted from the whole body)."""
 
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -50,6 +55,12 @@ class JudgeEndpoint(BaseModel):
 
 class JudgeError(Exception):
     """One judge call failed; the caller records the item as a judging error."""
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` with every occurrence of `secret` replaced; redact before truncating, so that no cut can
+    leave part of the secret behind."""
+    return text.replace(secret, REDACTED) if secret else text
 
 
 class ChatJudge(Protocol):
@@ -91,24 +102,26 @@ class OpenAICompatibleJudge:
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return _reply_text(response.read())
+                    raw = response.read()
+                return redact(_reply_text(redact(raw.decode("utf-8", "replace"), self._key)), self._key)
             except urllib.error.HTTPError as exc:
-                detail = exc.read()[:200].decode("utf-8", "replace")
+                detail = redact(exc.read().decode("utf-8", "replace"), self._key)[:QUOTED_BYTES]
                 if exc.code not in RETRY_STATUSES or attempt >= self.max_retries:
                     raise JudgeError(f"judge returned HTTP {exc.code}: {detail}") from None
             except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
                 if attempt >= self.max_retries:
-                    reason = getattr(exc, "reason", None) or exc
+                    reason = redact(str(getattr(exc, "reason", None) or exc), self._key)
                     raise JudgeError(f"judge unreachable at {self.url}: {reason}") from None
             time.sleep(self.retry_wait * 2**attempt)
             attempt += 1
 
 
-def _reply_text(raw: bytes) -> str:
+def _reply_text(raw: str) -> str:
+    """The completion's text from a response body (already redacted)."""
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError):
-        raise JudgeError(f"judge reply is not a chat completion: {raw[:200].decode('utf-8', 'replace')}") from None
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        raise JudgeError(f"judge reply is not a chat completion: {raw[:QUOTED_BYTES]}") from None
     if not isinstance(content, str):
         raise JudgeError("judge reply has no text content")
     return content

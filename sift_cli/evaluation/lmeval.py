@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from torch import nn
 
 from sift_cli.errors import SiftError, first_line
@@ -60,6 +61,29 @@ def check_mcq_file(path: Path) -> int:
     return count
 
 
+def describe_tasks(tasks: list[str]) -> list[dict[str, Any]]:
+    """Each task as it will run: its result name and format (lm-eval built-in, lettered MCQ or cloze), and a
+    local file's path and SHA-256; local files are checked here, before any model loads."""
+    from sift_cli.store.prepared import file_sha256
+
+    described = []
+    for task in tasks:
+        if not is_local_task(task):
+            described.append({"task": task, "format": "lm-eval built-in"})
+            continue
+        path = Path(task.removeprefix(CLOZE)).resolve()
+        check_mcq_file(path)
+        described.append(
+            {"task": local_task_name(task), "format": "cloze" if task.startswith(CLOZE) else "lettered MCQ",
+             "file": str(path), "sha256": file_sha256(path)}
+        )  # fmt: skip
+    names = [item["task"] for item in described]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SiftError(f"task {duplicates[0]!r} is given twice; rename one of the files or drop the duplicate")
+    return described
+
+
 def local_task_name(task: str) -> str:
     """The name a local task's results are keyed by: the file's stem, plus `_cloze` for `cloze:FILE`."""
     stem = Path(task.removeprefix(CLOZE)).stem
@@ -96,7 +120,26 @@ def run_tasks(
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Evaluate `model` on lm-eval task names and/or local MCQ files: {task: {metric: value}}.
+    """Evaluate `model` on lm-eval task names and/or local MCQ files: {task: {metric: value}}."""
+    output, names = _evaluate(model, tokenizer, tasks, limit, batch_size, progress, log_samples=False)
+    return {name: _metrics(output, name) for name in names}
+
+
+def task_correctness(model: nn.Module, tokenizer: Any, tasks: list[str], batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Per question, whether `model` answered right (lm-eval's `acc` of each document, in document order):
+    the paired outcomes that a McNemar test between two models needs."""
+    output, names = _evaluate(model, tokenizer, tasks, None, batch_size, progress=False, log_samples=True)
+    correct = {}
+    for name in names:
+        samples = sorted(output["samples"][name], key=lambda sample: sample["doc_id"])
+        correct[name] = np.array([float(sample["acc"]) for sample in samples])
+    return correct
+
+
+def _evaluate(
+    model: nn.Module, tokenizer: Any, tasks: list[str], limit: int | None, batch_size: int, progress: bool, log_samples: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """lm-eval's output for task names and/or local MCQ files, and the names results are keyed by.
 
     progress=False silences lm-eval's per-request progress bars (it passes `disable` to tqdm itself,
     so tqdm's environment switch cannot).
@@ -129,7 +172,7 @@ def run_tasks(
     try:
         with _quiet_git_lookup():
             output = simple_evaluate(
-                model=lm, tasks=specs, task_manager=manager, limit=limit, log_samples=False, verbosity="ERROR"
+                model=lm, tasks=specs, task_manager=manager, limit=limit, log_samples=log_samples, verbosity="ERROR"
             )
     except (ConnectionError, OSError) as exc:
         if not builtin:
@@ -138,17 +181,22 @@ def run_tasks(
         raise SiftError(
             f"cannot fetch the datasets of {', '.join(builtin)} ({reason}); go online or pass local .jsonl MCQ files with --tasks"
         ) from None
-    return {name: _metrics(output, name) for name in names}
+    return output, names
 
 
 def _metrics(output: dict[str, Any], name: str) -> dict[str, float]:
-    """`{"acc,none": 0.5, "acc_stderr,none": 0.1, "alias": ...}` -> `{"acc": 0.5, "acc_stderr": 0.1}`."""
+    """`{"acc,none": 0.5, "acc_stderr,none": 0.1, "alias": ...}` -> `{"acc": 0.5, "acc_stderr": 0.1}`, plus
+    `n_samples`, the number of examples scored (fewer than the task has under `--limit`)."""
     raw = output["results"].get(name) or output.get("groups", {}).get(name, {})
-    return {
+    metrics = {
         key.split(",")[0]: float(value)
         for key, value in raw.items()
         if "," in key and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+    samples = output.get("n-samples", {}).get(name, {})
+    if "effective" in samples:
+        metrics["n_samples"] = int(samples["effective"])
+    return metrics
 
 
 def _git_commit() -> str | None:

@@ -108,7 +108,7 @@ def load_model(spec: ModelSpec, path: str | None = None) -> torch.nn.Module:
 
 def _load_failure(what: str, source: str, exc: Exception) -> str:
     reason = first_line(exc, None)
-    if "trust_remote_code" in reason:
+    if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
         return f"{what} {source!r} needs custom code; set model.trust_remote_code=true only if you trust it"
     if _from_cache_only(source):
         return f"cannot load {what} {source!r}: {hub.unreachable_hint()}"

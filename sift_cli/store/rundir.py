@@ -6,7 +6,10 @@ Files:
 - metrics.jsonl   one JSON object per logged step (METRIC_FIELDS)
 - alignment.csv   one row per spectral block per step (ALIGNMENT_COLUMNS)
 - spectra.jsonl   optional: singular values of both momenta for candidate blocks every N steps
+- history.jsonl   one record per start and resume of the run (with what a resume changed)
+- data/           the held-out tables `sift evaluate` reads, copied from the prepared data at start
 - checkpoints/    resumable state; model/ final model; eval/ and plots/ written later
+- .lock           held by the one process writing the run (`sift_cli.store.lock`)
 
 Logs are appended one step at a time; readers drop a torn last record so that a run killed mid-write
 (or still running) stays readable.
@@ -27,6 +30,9 @@ import yaml
 from sift_cli.errors import SiftError
 from sift_cli.spec import RunSpec, validate_spec
 from sift_cli.store.atomic import write_text
+from sift_cli.store.lock import LOCK
+from sift_cli.store.prepared import MANIFEST, PreparedData, load_prepared
+from sift_cli.store.transaction import is_temporary, remove_temporary
 
 SPEC = "spec.yaml"
 ENV = "env.json"
@@ -39,6 +45,10 @@ EVAL = "eval"
 PLOTS = "plots"
 POME = "pome.json"
 """Present in a run made by `sift pome` (a post-hoc edit of another run): what was edited, from what."""
+HISTORY = "history.jsonl"
+DATA = "data"
+RUN_MARKERS = (SPEC, POME, CHECKPOINTS)
+"""Any of these makes a directory a `sift` run (one that `train --resume` or `evaluate` may address)."""
 
 METRIC_FIELDS = (
     "step",
@@ -92,12 +102,38 @@ class RunDir:
         return self.path / MODEL
 
     @property
+    def data_dir(self) -> Path:
+        return self.path / DATA
+
+    @property
     def eval_dir(self) -> Path:
         return self.path / EVAL
 
     @property
     def plots_dir(self) -> Path:
         return self.path / PLOTS
+
+    def holds_run(self) -> bool:
+        return any((self.path / name).exists() for name in RUN_MARKERS)
+
+    def foreign_entries(self) -> list[str]:
+        """What the directory holds besides a lock and temporary files: empty for a new run's target."""
+        if not self.path.is_dir():
+            return []
+        return sorted(e.name for e in self.path.iterdir() if e.name != LOCK and not is_temporary(e.name))
+
+    def remove_temporary(self) -> list[str]:
+        """Temporary files and staging directories of writes that a killed process left; call under the lock."""
+        removed = []
+        for directory in (self.path, self.checkpoints, self.model_dir, self.eval_dir, self.plots_dir):
+            removed += [str((directory / name).relative_to(self.path)) for name in remove_temporary(directory)]
+        return removed
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        _append(self.path / HISTORY, json.dumps(record, sort_keys=True) + "\n")
+
+    def read_history(self) -> list[dict[str, Any]]:
+        return _read_jsonl(self.path / HISTORY)
 
     def load_spec(self) -> RunSpec:
         """The validated spec this run was trained with, its output pointing here (the directory may
@@ -197,3 +233,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def held_out_data(spec: RunSpec, run: RunDir | None) -> PreparedData:
+    """The prepared data `evaluate` reads: the run's own copy (runs are self-contained), or, for a run
+    written before runs kept one and for a model scored without a run, the spec's data directory."""
+    if run is not None and (run.data_dir / MANIFEST).is_file():
+        return load_prepared(run.data_dir, spec.app)
+    return load_prepared(Path(spec.data.path), spec.app)

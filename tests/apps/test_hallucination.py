@@ -7,6 +7,7 @@ be worked out by hand from the fixture text.
 from __future__ import annotations
 
 import json
+import re
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def prepared(tmp_path: Path) -> Path:
 
 def example(tmp_path: Path, id: str, **filters: Any) -> ragtruth.Example:
     directory = write_ragtruth(tmp_path / "rt")
-    splits, _ = ragtruth.load_examples(directory, ragtruth.Filters(**filters))
+    splits, _, _ = ragtruth.load_examples(directory, ragtruth.Filters(**filters))
     return next(e for split in splits.values() for e in split if e.id == id)
 
 
@@ -524,3 +525,38 @@ def test_a_local_judge_that_cannot_answer_counts_as_errors(word_model_dir: Path,
     assert results["hallucination"] | {"judge": None} == {
         "answers": 2, "judged": 0, "errors": 2, "hallucinated": 0, "rate": None, "judge": None
     }
+
+
+def test_spans_are_checked_against_their_text_and_re_located_when_shifted(tmp_path: Path) -> None:
+    shifted = dict(label(R1, "Paris", "Evident Conflict"))
+    shifted["start"] += 5
+    shifted["end"] += 5
+    rows = [response_row("r1", "s1", "llama-2-7b-chat", "train", "good", R1, [shifted]), *RESPONSES[1:]]
+    splits, _, relocated = ragtruth.load_examples(write_ragtruth(tmp_path / "shifted", rows), ragtruth.Filters())
+    assert relocated == 1
+    (first,) = [e for e in splits["train"] if e.id == "r1"]
+    assert [first.response[a:b] for a, b in first.spans] == ["Paris"]
+
+    wrong = {**label(R1, "Paris", "Evident Conflict"), "text": "London"}
+    rows = [response_row("r1", "s1", "llama-2-7b-chat", "train", "good", R1, [wrong]), *RESPONSES[1:]]
+    with pytest.raises(SiftError, match=r"row 1 \(id 'r1'\): label 0: its text 'London' is not at \[25, 30\)"):
+        ragtruth.load_examples(write_ragtruth(tmp_path / "wrong", rows), ragtruth.Filters())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"labels": ["Paris"]}, "label 0 is a str, not an object"),
+        ({"labels": [{"start": "25", "end": "30", "text": "Paris"}]}, "offsets must be integers"),
+        ({"model": ["llama-2-7b-chat"]}, "'model' must be a string, not list"),
+    ],
+)
+def test_malformed_ragtruth_rows_are_one_line_errors(tmp_path: Path, change: dict, message: str) -> None:
+    rows = [{**RESPONSES[0], **change}, *RESPONSES[1:]]
+    with pytest.raises(SiftError, match=re.escape(message)):
+        ragtruth.load_examples(write_ragtruth(tmp_path / "bad", rows), ragtruth.Filters())
+
+
+def test_an_empty_response_file_says_so_rather_than_blaming_the_filters(tmp_path: Path) -> None:
+    with pytest.raises(SiftError, match="holds no responses"):
+        ragtruth.load_examples(write_ragtruth(tmp_path / "empty", []), ragtruth.Filters())

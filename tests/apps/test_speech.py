@@ -228,15 +228,20 @@ def test_speech_tokens_are_added_and_read_from_the_tokenizer() -> None:
         read_speech_vocab(tokenizer, 64)
 
 
-def test_interleaving_is_13_text_then_26_wrapped_speech() -> None:
+def test_interleaving_is_13_text_then_26_wrapped_speech_then_the_rest_of_the_speech() -> None:
+    """GLM-4-Voice's reply format (paper, Fig. A3): 28 text and 102 speech tokens give blocks 13, 26, 13,
+    26, 2, 50; after the last text chunk all remaining speech is one block."""
     tokenizer, _, vocab = speech_tokenizer_and_model()
-    text = list(range(100, 130))  # 30 text ids: chunks of 13, 13, 4
-    codes = [i % 40 for i in range(60)]  # 60 codes: blocks of 26, 26, 8
+    text = list(range(100, 128))
+    codes = [i % 40 for i in range(102)]
     out = interleave(text, codes, vocab)
     block = lambda part: [vocab.begin, *[vocab.audio_0 + c for c in part], vocab.end]  # noqa: E731
     assert out == text[:13] + block(codes[:26]) + text[13:26] + block(codes[26:52]) + text[26:] + block(codes[52:])
     only_speech_left = interleave(text[:5], codes, vocab)
-    assert only_speech_left == text[:5] + block(codes[:26]) + block(codes[26:52]) + block(codes[52:])
+    assert only_speech_left == text[:5] + block(codes)
+    assert interleave([], codes[:30], vocab) == block(codes[:30])
+    speech_runs_out = interleave(text, codes[:10], vocab)
+    assert speech_runs_out == text[:13] + block(codes[:10]) + text[13:]
     assert interleave(text, [], vocab) == text
 
 
@@ -632,3 +637,9 @@ def test_cli_prepares_esnli_with_espeak_and_the_local_tokenizer(tmp_path: Path, 
     rows = load_prepared(tmp_path / "out", "speech").rows("test")
     assert [row["answer"] for row in rows] == ["neutral", "entailment"]
     assert all(10 < len(row["response_speech"]) < 100 for row in rows)
+
+
+@pytest.mark.parametrize("label", [True, float("nan"), 1.5, -1, "maybe", None])
+def test_an_esnli_label_that_is_not_a_label_is_dropped_not_converted(label) -> None:
+    assert sources.nli_label(label) is None
+    assert [sources.nli_label(value) for value in (0, 1.0, " Contradiction")] == ["entailment", "neutral", "contradiction"]

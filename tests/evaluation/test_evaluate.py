@@ -158,7 +158,7 @@ def test_evaluate_run_writes_results_and_prints_a_table(tmp_path, tiny_model_dir
     results = evaluate_run(run, EvalOptions(tasks=[f"cloze:{mcq_file}"], batch_size=4), console=console)
 
     written = json.loads((run / "eval" / "results.json").read_text())
-    assert written == results
+    assert written == {"evaluations": [results]}
     assert results["app"] == "unlearning"
     model, tokenizer = tiny
     assert results["lm_eval"]["toy_mcq_cloze"]["acc"] == pytest.approx(manual_accuracy(model, tokenizer, cloze=True))

@@ -137,3 +137,23 @@ def test_factory_rejects_bad_kinds_and_missing_urls(monkeypatch: pytest.MonkeyPa
         make_judge("openai", "m", base_url="", api_key_env=ENV)
     judge = make_judge("openai", "m", base_url="http://127.0.0.1:9/v1", api_key_env=ENV)
     assert describe(judge) == {"kind": "openai", "model": "m", "url": "http://127.0.0.1:9/v1/chat/completions"}
+
+
+def test_the_key_is_redacted_from_every_text_an_endpoint_echoes_it_into(server: str) -> None:
+    """An endpoint that quotes the Authorization header back (in an error body past the quoted length,
+    in a reply, in a malformed body) never gets the key into a message or a reply."""
+    padding = "x" * 150
+    Server.script = [
+        (400, f'{{"error": "{padding} bad header Bearer {KEY}"}}'.encode(), 0),
+        (200, completion(f"your key is {KEY}"), 0),
+        (200, f"not json, but {KEY}".encode(), 0),
+    ]
+    judge = OpenAICompatibleJudge(server, "judge-model", api_key_env=ENV, max_retries=0)
+    with pytest.raises(JudgeError) as error:
+        judge.complete(MESSAGES)
+    reply = judge.complete(MESSAGES)
+    with pytest.raises(JudgeError) as malformed:
+        judge.complete(MESSAGES)
+    texts = [str(error.value), reply, str(malformed.value)]
+    assert all(KEY[:6] not in text for text in texts), texts
+    assert reply == "your key is [redacted]" and "[redacted]" in str(malformed.value)

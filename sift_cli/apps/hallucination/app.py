@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.apps.batching import (
     IGNORE,
     label_collator,
@@ -32,13 +32,14 @@ from sift_cli.apps.hallucination import ragtruth
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.judge import JudgeEndpoint
 from sift_cli.output import summary
-from sift_cli.store.prepared import PreparedData, write_prepared
+from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
 if TYPE_CHECKING:
     from sift_cli.spec import RunSpec
     from sift_cli.store.rundir import RunDir
 
 APP = "hallucination"
+EVAL_TABLES = ("test",)
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 PAPER_UTILITY_TASKS = ["mmlu", "gsm8k", "truthfulqa_mc2", "qnli", "mnli"]
 ANSWERS_FILE = "hallucination_answers.jsonl"
@@ -68,9 +69,11 @@ def prepare(
     """Filter RAGTruth into train/test tables of responses with character spans, and a manifest that says how."""
     from sift_cli.hf.loading import cache_dir
 
+    local = not source.startswith(("http://", "https://"))
+    check_output(Path(output), [source] if local else [])
     cache = cache_dir() / "ragtruth" / hashlib.sha256(source.encode()).hexdigest()[:16]
     directory = ragtruth.fetch_sources(source, cache)
-    splits, dropped = ragtruth.load_examples(directory, filters)
+    splits, dropped, relocated = ragtruth.load_examples(directory, filters)
     for split, examples in splits.items():
         if not examples:
             raise SiftError(
@@ -96,9 +99,14 @@ def prepare(
             "files": [ragtruth.RESPONSE_FILE, ragtruth.SOURCE_FILE],
             "spans": "end-exclusive character offsets into `response`; token labels are computed at train time with the run's tokenizer",
         },
-        filters={**filters.manifest(), "dropped": dropped, "spans": stats},
+        filters={**filters.manifest(), "dropped": dropped, "spans": stats, "relocated_spans": relocated},
+        inputs=[source] if local else [],
     )
     if console is not None:
+        if any(dropped.values()):
+            console.print(f"dropped responses: {_dropped_text(dropped)}")
+        if relocated:
+            console.print(f"re-located {relocated} label spans whose offsets were off their text by a few characters")
         counts = ", ".join(f"{split} {len(examples)} ({stats[f'{split}_with_spans']} with spans)" for split, examples in splits.items())
         summary(console, f"prepared {counts}", output)
     return prepared
@@ -129,10 +137,11 @@ def encode(tokenizer: Any, example: ragtruth.Example, max_length: int) -> dict[s
     prompt_budget = min(len(prompt), max(max_length - len(response), max_length // 2))
     prompt = prompt[len(prompt) - prompt_budget :]
     keep = max_length - len(prompt)
+    cut = len(response) > keep
     response, hallucinated, ignored = response[:keep], hallucinated[:keep], ignored[:keep]
     f_labels = [IGNORE] * len(prompt) + [t if not (h or i) else IGNORE for t, h, i in zip(response, hallucinated, ignored)]
     g_labels = [IGNORE] * len(prompt) + [t if h else IGNORE for t, h in zip(response, hallucinated)]
-    return {"input_ids": prompt + response, "f_labels": f_labels, "g_labels": g_labels}
+    return {"input_ids": prompt + response, "f_labels": f_labels, "g_labels": g_labels, "cut": cut}
 
 
 def loss_f(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -162,16 +171,23 @@ def encode_split(tokenizer: Any, rows: Sequence[dict[str, Any]], max_length: int
 
 def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives:
     options = spec.options(Options)
-    encoded = encode_split(tokenizer, data.rows("train"), spec.data.max_length)
+    rows = data.rows("train")
+    encoded = encode_split(tokenizer, rows, spec.data.max_length)
     f_data = [item for item in encoded if any(label != IGNORE for label in item["f_labels"])]
     g_data = [item for item in encoded if any(label != IGNORE for label in item["g_labels"])]
+    with_spans = sum(1 for row in rows if row["spans"])
     if not g_data:
         raise SiftError(
             f"no hallucinated token survives data.max_length={spec.data.max_length} in {data.path}; raise data.max_length"
         )
     if not f_data:
         raise SiftError(f"no faithful response token survives data.max_length={spec.data.max_length}; raise data.max_length")
-    return labelled_objectives(tokenizer, f_data, g_data, loss_f, G_LOSSES[options.g_loss])
+    objectives = labelled_objectives(tokenizer, f_data, g_data, loss_f, G_LOSSES[options.g_loss])
+    objectives.fits = {
+        "f": Fit(total=len(encoded), dropped=len(encoded) - len(f_data), cut=sum(item["cut"] for item in f_data)),
+        "g": Fit(total=with_spans, dropped=with_spans - len(g_data), cut=sum(item["cut"] for item in g_data)),
+    }
+    return objectives
 
 
 JUDGE_SYSTEM = "You check generated text against its source for hallucinations and answer only with JSON."
@@ -279,10 +295,10 @@ def _labelled_log_probs(
 def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict:
     """Held-out label scores, the judged hallucination rate of generated answers, and lm-eval utility."""
     from sift_cli.store.atomic import write_jsonl
-    from sift_cli.store.prepared import load_prepared
+    from sift_cli.store.rundir import held_out_data
 
     opts = options.objective(Options, spec)
-    data = load_prepared(spec.data.path, APP)
+    data = held_out_data(spec, run)
     rows = data.rows("test")[: options.limit]
     results: dict[str, Any] = {
         "held_out": held_out_scores(model, tokenizer, rows, spec.data.max_length, options.batch_size)

@@ -28,6 +28,8 @@ SOURCE_FIELDS = ("source_id", "task_type", "source_info", "prompt")
 LABEL_TYPES = ("Evident Conflict", "Subtle Conflict", "Evident Baseless Info", "Subtle Baseless Info")
 TASK_TYPES = ("QA", "Summary", "Data2txt")
 SPLITS = ("train", "test")
+NEARBY = 32
+"""How far (characters) a label's text may sit from its given start and still be re-located onto."""
 
 Span = tuple[int, int]
 
@@ -110,15 +112,21 @@ def _download(url: str, target: Path) -> None:
         raise SiftError(f"cannot download {url} ({reason}); go online or pass a local RAGTruth dataset/ directory") from None
 
 
-def load_examples(directory: Path, filters: Filters) -> tuple[dict[str, list[Example]], dict[str, int]]:
-    """Train and test examples after the filters, and how many rows each filter dropped."""
+def load_examples(directory: Path, filters: Filters) -> tuple[dict[str, list[Example]], dict[str, int], int]:
+    """Train and test examples after the filters, how many rows each filter dropped, and how many spans
+    were re-located onto their text (see `check_span`)."""
     sources = _read_sources(directory / SOURCE_FILE)
     kept: dict[str, list[Example]] = {split: [] for split in SPLITS}
     dropped = {"task_type": 0, "generator": 0, "quality": 0, "split": 0, "max_rows": 0}
+    relocated = 0
     wanted_labels = {label.lower() for label in filters.label_types}
+    number = 0
     for number, row in enumerate(read_jsonl(directory / RESPONSE_FILE), start=1):
         where = f"{directory / RESPONSE_FILE}: row {number} (id {row.get('id')!r})"
         _require(row, RESPONSE_FIELDS, where)
+        for name in ("model", "split", "quality"):
+            if not isinstance(row[name], str):
+                raise SiftError(f"{where}: {name!r} must be a string, not {type(row[name]).__name__} ({row[name]!r}); fix the row")
         source = sources.get(str(row["source_id"]))
         if source is None:
             raise SiftError(f"{where}: source_id {row['source_id']!r} is not in {SOURCE_FILE}; use files from one RAGTruth release")
@@ -138,7 +146,8 @@ def load_examples(directory: Path, filters: Filters) -> tuple[dict[str, list[Exa
         if filters.max_rows is not None and len(kept[split]) >= filters.max_rows:
             dropped["max_rows"] += 1
             continue
-        spans, ignored = _split_labels(row, wanted_labels, filters.drop_implicit_true, where)
+        spans, ignored, moved = _split_labels(row, wanted_labels, filters.drop_implicit_true, where)
+        relocated += moved
         kept[split].append(
             Example(
                 id=str(row["id"]),
@@ -152,7 +161,9 @@ def load_examples(directory: Path, filters: Filters) -> tuple[dict[str, list[Exa
                 ignored=ignored,
             )
         )
-    return kept, dropped
+    if number == 0:
+        raise SiftError(f"{directory / RESPONSE_FILE} holds no responses; pass a complete RAGTruth dataset/ directory")
+    return kept, dropped, relocated
 
 
 def _read_sources(path: Path) -> dict[str, dict[str, Any]]:
@@ -171,8 +182,9 @@ def _require(row: dict[str, Any], fields: Sequence[str], where: str) -> None:
 
 def _split_labels(
     row: dict[str, Any], wanted: set[str], drop_implicit_true: bool, where: str
-) -> tuple[list[Span], list[Span]]:
-    """Counted spans, and spans of uncounted hallucination types (kept out of f as well as g).
+) -> tuple[list[Span], list[Span], int]:
+    """Counted spans, spans of uncounted hallucination types (kept out of f as well as g), and how many
+    spans were re-located onto their text.
 
     An `implicit_true` span is correct information absent from the source; dropping it makes its
     tokens ordinary response tokens.
@@ -182,16 +194,42 @@ def _split_labels(
         raise SiftError(f"{where}: 'response' must be a string and 'labels' a list; fix the row")
     spans: list[Span] = []
     ignored: list[Span] = []
-    for label in row["labels"]:
+    relocated = 0
+    for index, label in enumerate(row["labels"]):
+        if not isinstance(label, dict):
+            raise SiftError(f"{where}: label {index} is a {type(label).__name__}, not an object with start, end and text; fix the row")
         start, end = label.get("start"), label.get("end")
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(response)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
+            raise SiftError(f"{where}: label {index} offsets must be integers, got start={start!r}, end={end!r}; fix the row")
+        if not 0 <= start < end <= len(response):
             raise SiftError(
-                f"{where}: label span [{start}, {end}) is not inside the {len(response)}-character response; fix its offsets"
+                f"{where}: label {index} span [{start}, {end}) is not inside the {len(response)}-character response; fix its offsets"
             )
+        located = check_span(response, start, end, label.get("text"), f"{where}: label {index}")
+        relocated += located != (start, end)
         if drop_implicit_true and label.get("implicit_true"):
             continue
-        (spans if str(label.get("label_type", "")).lower() in wanted else ignored).append((start, end))
-    return sorted(spans), sorted(ignored)
+        (spans if str(label.get("label_type", "")).lower() in wanted else ignored).append(located)
+    return sorted(spans), sorted(ignored), relocated
+
+
+def check_span(response: str, start: int, end: int, text: Any, where: str) -> Span:
+    """The span of a label whose offsets must cover its `text`: as given when they do; moved onto the
+    text when it occurs exactly once within NEARBY characters of the given start (offsets shifted by a
+    few characters, as in some RAGTruth rows); an error naming the label otherwise."""
+    if not isinstance(text, str) or response[start:end] == text:
+        return start, end
+    found = []
+    position = response.find(text, max(0, start - NEARBY))
+    while 0 <= position <= start + NEARBY:
+        found.append(position)
+        position = response.find(text, position + 1)
+    if len(found) == 1 and text:
+        return found[0], found[0] + len(text)
+    raise SiftError(
+        f"{where}: its text {text[:40]!r} is not at [{start}, {end}) (the response has {response[start:end][:40]!r} there) "
+        f"and occurs {'nowhere' if not found else f'{len(found)} times'} within {NEARBY} characters; fix its offsets"
+    )
 
 
 def reference_text(source: dict[str, Any]) -> str:

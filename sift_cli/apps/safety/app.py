@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, pad_id
 from sift_cli.apps.safety.data import (
     ALPACA_ID,
@@ -41,13 +41,15 @@ from sift_cli.evaluation.generate import generate, prompt_ids
 from sift_cli.evaluation.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
 from sift_cli.output import summary
 from sift_cli.store.atomic import write_jsonl
-from sift_cli.store.prepared import PreparedData, write_prepared
+from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
 if TYPE_CHECKING:
     from sift_cli.spec import RunSpec
     from sift_cli.store.rundir import RunDir
 
 APP = "safety"
+EVAL_TABLES: tuple[str, ...] = ()
+"""Safety evaluates on harmful-prompt sets, not on the prepared data."""
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 SAFETY_SETS = ("strongreject", "jailbreakbench", "wildjailbreak")
 
@@ -93,6 +95,8 @@ def prepare(
     if max_rows is not None and max_rows < 1:
         raise SiftError(f"--max-rows {max_rows} must be at least 1 (or left out for every row)")
     check_preference(prefer)
+    local_inputs = [source for source in (pku, alpaca) if source != HUB]
+    check_output(Path(output), local_inputs)
     pku_rows = load_pku(pku, pku_config, pku_split)
     pairs = pku_pairs(pku_rows, prefer, exactly_one_safe)
     if not pairs:
@@ -116,8 +120,13 @@ def prepare(
         "max_rows": max_rows,
         "seed": seed,
     }
-    prepared = write_prepared(output, APP, tables, sources, filters)
+    prepared = write_prepared(output, APP, tables, sources, filters, inputs=local_inputs)
     if console is not None:
+        if len(pairs) < len(pku_rows):
+            console.print(
+                f"dropped {len(pku_rows) - len(pairs)} of {len(pku_rows)} PKU rows "
+                f"(no {prefer} response{', or not exactly one safe response' if exactly_one_safe else ''})"
+            )
         summary(
             console,
             f"prepared {len(tables['sft'])} SFT examples and {len(tables['dpo'])} DPO pairs "
@@ -151,7 +160,8 @@ def sft_example(tokenizer: Any, row: dict[str, Any], template: str, max_length: 
     prompt = prompt_ids(tokenizer, user_message(template, row["instruction"], row.get("input", "")))
     response = response_ids(tokenizer, row["output"])
     prompt = fit_prompt(prompt, len(response), max_length)
-    return {"input_ids": prompt + response[: max_length - len(prompt)], "prompt_len": len(prompt)}
+    cut = len(prompt) + len(response) > max_length
+    return {"input_ids": prompt + response[: max_length - len(prompt)], "prompt_len": len(prompt), "cut": cut}
 
 
 def dpo_example(tokenizer: Any, row: dict[str, Any], template: str, max_length: int) -> dict[str, Any]:
@@ -160,7 +170,8 @@ def dpo_example(tokenizer: Any, row: dict[str, Any], template: str, max_length: 
     chosen, rejected = response_ids(tokenizer, row["chosen"]), response_ids(tokenizer, row["rejected"])
     prompt = fit_prompt(prompt, max(len(chosen), len(rejected)), max_length)
     room = max_length - len(prompt)
-    return {"chosen_ids": prompt + chosen[:room], "rejected_ids": prompt + rejected[:room], "prompt_len": len(prompt)}
+    cut = max(len(chosen), len(rejected)) > room
+    return {"chosen_ids": prompt + chosen[:room], "rejected_ids": prompt + rejected[:room], "prompt_len": len(prompt), "cut": cut}
 
 
 def pad_sequences(sequences: list[tuple[list[int], int]], pad_id: int) -> Batch:
@@ -306,6 +317,7 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
         loss_g=make_dpo_loss(options.beta, reference),
         modules=[reference] if reference is not None else [],
         notes=[note],
+        fits={name: Fit(total=len(items), cut=sum(item["cut"] for item in items)) for name, items in (("f", f_data), ("g", g_data))},
     )
 
 

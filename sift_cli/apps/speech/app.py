@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id
 from sift_cli.apps.speech import prompts, sources
 from sift_cli.apps.speech.answers import parse_answer
@@ -44,13 +44,14 @@ from sift_cli.apps.speech.whisper_vq import (
 )
 from sift_cli.errors import SiftError
 from sift_cli.output import summary
-from sift_cli.store.prepared import PreparedData, write_prepared
+from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
 if TYPE_CHECKING:
     from sift_cli.spec import RunSpec
     from sift_cli.store.rundir import RunDir
 
 APP = "speech"
+EVAL_TABLES = ("test",)
 # Hidden matrices of Llama-style and GLM models. A Llama-style model's embeddings (tied to its output
 # layer, or with a separate lm_head) are trained too: a model that got the audio tokens appended starts
 # them from random rows. GLM-4-Voice's audio embeddings are pretrained and stay frozen.
@@ -105,6 +106,8 @@ def prepare(
     Data loads before any model does, so a wrong --source fails in a second.
     """
     sources.check_dataset(dataset)
+    local = source is not None and sources.is_local(source)
+    check_output(Path(output), [source] if local else [])
     for flag, cap in (("--max-rows", max_rows), ("--test-rows", test_rows)):
         if cap is not None and cap < 1:
             raise SiftError(f"{flag} {cap} must be at least 1 (or left out for every row)")
@@ -135,7 +138,6 @@ def prepare(
             task = progress.add_task(f"speaking {table}", total=len(rows))
             tables[table] = speak(rows, backend, tokenizer, lambda done, task=task: progress.advance(task, done))
     hub_id, config = sources.HUB[dataset]
-    local = source is not None and sources.is_local(source)
     prepared = write_prepared(
         output,
         APP,
@@ -149,8 +151,12 @@ def prepare(
             "speech_tokenizer": tokenizer.describe(),
         },
         filters={"max_rows": max_rows, "test_rows": test_rows, "seed": seed, "dropped": dropped},
+        inputs=[source] if local else [],
     )
     if console is not None:
+        for table, count in dropped.items():
+            if count:
+                console.print(f"dropped {count} {table} rows of {dataset} (no gold answer, an empty field, or an answer not among the choices)")
         counts = ", ".join(f"{table} {len(rows)}" for table, rows in tables.items())
         summary(console, f"prepared {counts} spoken {dataset} examples ({tokenizer.tokens_per_second:g} speech tokens/s)", output)
     return prepared
@@ -195,9 +201,11 @@ def encode(
     if any(token >= vocab.audio_0 for token in text):
         raise SiftError("the tokenizer turns plain text into ids past <|audio_0|>, so text and speech cannot be told apart by id")
     reply = interleave(text, row["response_speech"], vocab, options.text_chunk, options.speech_chunk)
-    reply = (reply + [prompts.end_of_reply(tokenizer, fmt)])[: max_length - len(prompt)]
+    reply = reply + [prompts.end_of_reply(tokenizer, fmt)]
+    cut = len(reply) > max_length - len(prompt)
+    reply = reply[: max_length - len(prompt)]
     f_labels, g_labels = label_streams(reply, vocab, len(prompt))
-    return {"input_ids": prompt + reply, "f_labels": f_labels, "g_labels": g_labels}
+    return {"input_ids": prompt + reply, "f_labels": f_labels, "g_labels": g_labels, "cut": cut}
 
 
 def token_ce(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -213,10 +221,10 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
     fmt = prompts.resolve_format(tokenizer, options.prompt_format)
     if prompts.end_of_reply(tokenizer, fmt) >= vocab.audio_0:
         raise SiftError("the end-of-reply token has an id past <|audio_0|>, so it would count as speech; check the tokenizer")
+    asked = [(row, variant) for row in data.rows("train") for variant in options.instructions]
     encoded = [
         item
-        for row in data.rows("train")
-        for variant in options.instructions
+        for row, variant in asked
         if (item := encode(tokenizer, vocab, fmt, row, variant, options, spec.data.max_length)) is not None
     ]
     f_data = [item for item in encoded if any(label != IGNORE for label in item["f_labels"])]
@@ -228,7 +236,12 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
         )
     if not f_data:
         raise SiftError(f"no text token survives data.max_length={spec.data.max_length}; raise data.max_length")
-    return labelled_objectives(tokenizer, f_data, g_data, token_ce, token_ce)
+    objectives = labelled_objectives(tokenizer, f_data, g_data, token_ce, token_ce)
+    objectives.fits = {
+        name: Fit(total=len(asked), dropped=len(asked) - len(items), cut=sum(item["cut"] for item in items))
+        for name, items in (("f", f_data), ("g", g_data))
+    }
+    return objectives
 
 
 def score(records: Sequence[dict[str, Any]], setting: str) -> dict[str, Any]:
@@ -254,10 +267,10 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
 
     from sift_cli.evaluation.generate import generate_ids
     from sift_cli.store.atomic import write_jsonl
-    from sift_cli.store.prepared import load_prepared
+    from sift_cli.store.rundir import held_out_data
 
     opts = options.objective(Options, spec)
-    data = load_prepared(spec.data.path, APP)
+    data = held_out_data(spec, run)
     vocab = read_speech_vocab(tokenizer, int(speech_source(data, opts)["codebook_size"]))
     fmt = prompts.resolve_format(tokenizer, opts.prompt_format)
     rows = data.rows("test")[: options.limit]

@@ -99,14 +99,23 @@ def cose_example(row: dict[str, Any], index: int) -> Example | None:
     return Example(str(row.get("id") or index), "cose", instruction, mcq_response(letter, answer, explanation), letter, tuple(choices))
 
 
+def nli_label(label: Any) -> str | None:
+    """An e-SNLI label as its name: one of the names, or their index 0/1/2 (an integral number); anything
+    else (-1 for no gold label, NaN, booleans, other text) has no label."""
+    if isinstance(label, str):
+        name = label.strip().lower()
+        return name if name in NLI_LABELS else None
+    if isinstance(label, bool) or not isinstance(label, (int, float)):
+        return None
+    if isinstance(label, float) and not label.is_integer():
+        return None
+    return NLI_LABELS[int(label)] if int(label) in (0, 1, 2) else None
+
+
 def esnli_example(row: dict[str, Any], index: int) -> Example | None:
     premise, hypothesis, explanation = _clean(row.get("premise")), _clean(row.get("hypothesis")), _clean(row.get("explanation_1"))
-    label = row.get("label")
-    if isinstance(label, str) and label.strip().lower() in NLI_LABELS:
-        name = label.strip().lower()
-    elif isinstance(label, (int, float)) and int(label) in (0, 1, 2):
-        name = NLI_LABELS[int(label)]
-    else:
+    name = nli_label(row.get("label"))
+    if name is None:
         return None
     if not (premise and hypothesis and explanation):
         return None

@@ -88,13 +88,17 @@ def add_speech_tokens(model: nn.Module, tokenizer: Any, size: int) -> SpeechVoca
 def interleave(
     text_ids: Sequence[int], codes: Sequence[int], vocab: SpeechVocab, text_chunk: int = TEXT_CHUNK, speech_chunk: int = SPEECH_CHUNK
 ) -> list[int]:
-    """`text_chunk` text tokens, then `speech_chunk` speech tokens wrapped in begin/end of audio, in turn;
-    whichever stream runs out first lets the other finish in its own chunks."""
-    rounds = max(-(-len(text_ids) // text_chunk), -(-len(codes) // speech_chunk))
+    """`text_chunk` text tokens, then `speech_chunk` speech tokens wrapped in begin/end of audio, in turn,
+    as GLM-4-Voice writes a reply (paper, Fig. A3): after the last text chunk, all remaining speech
+    follows in one final block (block sizes 13, 26, 13, 26, 2, 50 for 28 text and 102 speech tokens).
+    Text left over once the speech has run out follows in its own chunks."""
+    chunks = [text_ids[start : start + text_chunk] for start in range(0, len(text_ids), text_chunk)] or [[]]
     out: list[int] = []
-    for index in range(rounds):
-        out.extend(text_ids[index * text_chunk : (index + 1) * text_chunk])
-        block = codes[index * speech_chunk : (index + 1) * speech_chunk]
+    spoken = 0
+    for index, chunk in enumerate(chunks):
+        out.extend(chunk)
+        block = codes[spoken:] if index == len(chunks) - 1 else codes[spoken : spoken + speech_chunk]
+        spoken += len(block)
         if block:
             out.extend([vocab.begin, *vocab.ids(block), vocab.end])
     return out

@@ -171,6 +171,8 @@ def choose_tts(requested: str = "auto", voice: str | None = None) -> TtsChoice:
     """
     if requested not in CHOICES:
         raise SiftError(f"--tts {requested!r} is not a backend; choose one of: {', '.join(CHOICES)}")
+    if voice is not None and requested == "piper" and not Path(voice).is_file():
+        raise SiftError(f"--voice {voice} does not exist; pass a piper .onnx voice file, or leave --voice out for the default voice")
     problems = _problems(voice)
     if requested != "auto":
         problem = problems[requested]

@@ -14,18 +14,19 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Objectives
+from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.errors import SiftError, first_line
 from sift_cli.evaluation import lmeval
 from sift_cli.output import summary
 from sift_cli.store.prepared import (
     PreparedData,
-    load_prepared,
+    check_output,
     read_table,
     write_prepared,
 )
@@ -35,8 +36,11 @@ if TYPE_CHECKING:
     from sift_cli.store.rundir import RunDir
 
 APP = "unlearning"
+EVAL_TABLES = ("forget_eval", "retain_eval")
 DEFAULT_TRAINABLE = r"layers\.(5|6|7)\.mlp\.down_proj"
 DEFAULT_TASKS = ["wmdp_bio", "wmdp_cyber", "mmlu"]
+COMPARE_GRID = {"adamw": [1e-3, 3e-3], "muon": [1e-2, 2e-2], "sift": [2e-2, 5e-2]}
+"""`sift compare`'s default learning rates for the CPU preset: around each method's rate in sift_cli/demo."""
 
 CYBER_CORPUS = ("cais/wmdp-corpora", "cyber-forget-corpus", "train")
 WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")
@@ -170,8 +174,8 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
     """f = retain MSE against the frozen initial model, g = forget MSE against the control vectors."""
     options = spec.options(Options)
     _check_layer(model, options.layer)
-    forget = data.rows("forget")
-    retain = data.rows("retain")
+    forget = data.rows("forget", fields=("text",))
+    retain = data.rows("retain", fields=("text",))
     if not forget or not retain:
         raise SiftError(f"{data.path} has no forget or no retain rows; re-run `sift prepare unlearning`")
     sources = list(dict.fromkeys(row.get("source", "forget") for row in forget))
@@ -213,41 +217,59 @@ def build_objectives(model: nn.Module, tokenizer: Any, spec: RunSpec, data: Prep
         loss_f=loss_f,
         loss_g=loss_g,
         modules=[frozen],
+        fits={"f": _fit(tokenizer, retain, max_length), "g": _fit(tokenizer, forget, max_length)},
     )
+
+
+def _fit(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Fit:
+    """Texts longer than `max_length` tokens are cut (RMU steers the activations of the tokens kept)."""
+    lengths = [len(ids) for ids in tokenizer([row["text"] for row in rows])["input_ids"]]
+    return Fit(total=len(rows), cut=sum(length > max_length for length in lengths))
 
 
 def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict[str, Any]:
     """lm-eval accuracies (WMDP, MMLU, or local MCQ files) and held-out forget/retain perplexity.
 
-    Perplexity uses the prepared data's held-out rows when the spec's data directory is still there.
+    Perplexity reads the held-out rows the run copied from its prepared data (`--limit` caps them too,
+    and `perplexity_texts` says how many were scored).
     """
+    from sift_cli.store.rundir import held_out_data
+
+    data = held_out_data(spec, run)
     tasks = DEFAULT_TASKS if options.tasks is None else options.tasks
     results: dict[str, Any] = {}
     if tasks:
         results["lm_eval"] = lmeval.run_tasks(
             model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress
         )
-    data_path = Path(spec.data.path)
-    if (data_path / "manifest.json").is_file():
-        data = load_prepared(data_path, APP)
-        held_out = {
-            name: [row["text"] for row in data.rows(table)][: options.limit]
-            for name, table in (("forget", "forget_eval"), ("retain", "retain_eval"))
-            if data.manifest["counts"].get(table)
-        }
+    held_out = {name: texts[: options.limit] for name, texts in heldout_texts(data).items()}
+    if held_out:
         results["perplexity"] = {
             name: perplexity(model, tokenizer, texts, spec.data.max_length, options.batch_size)
             for name, texts in held_out.items()
         }
+        results["perplexity_texts"] = {name: len(texts) for name, texts in held_out.items()}
     return results
 
 
-@torch.no_grad()
 def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> float:
     """Token-level perplexity exp(total NLL / predicted tokens) over `texts`, each cut to `max_length` tokens."""
+    nll, tokens = text_nll(model, tokenizer, texts, max_length, batch_size)
+    if tokens.sum() == 0:
+        raise SiftError("no tokens to score for perplexity; the held-out texts are empty")
+    return math.exp(float(nll.sum()) / float(tokens.sum()))
+
+
+@torch.no_grad()
+def text_nll(
+    model: nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per text: summed next-token NLL and the number of predicted tokens (each text cut to `max_length`).
+
+    Kept per text so that a comparison can resample texts and pair two models text by text."""
     model.eval()
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums, counts = [], []
     for start in range(0, len(texts), batch_size):
         encoded = tokenizer(
             texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
@@ -256,11 +278,20 @@ def perplexity(model: nn.Module, tokenizer: Any, texts: list[str], max_length: i
         targets = encoded["input_ids"][:, 1:]
         mask = encoded["attention_mask"][:, 1:].bool() & encoded["attention_mask"][:, :-1].bool()
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
-        total += nll[mask].sum().item()
-        count += int(mask.sum().item())
-    if count == 0:
-        raise SiftError("no tokens to score for perplexity; the held-out texts are empty")
-    return math.exp(total / count)
+        sums.append((nll * mask).sum(dim=1).double().cpu())
+        counts.append(mask.sum(dim=1).cpu())
+    if not sums:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(sums).numpy(), torch.cat(counts).numpy()
+
+
+def heldout_texts(data: PreparedData) -> dict[str, list[str]]:
+    """The held-out texts of each topic ("forget", "retain") that perplexity and comparisons score."""
+    return {
+        name: [row["text"] for row in data.rows(table, fields=("text",))]
+        for name, table in (("forget", "forget_eval"), ("retain", "retain_eval"))
+        if data.manifest["counts"].get(table)
+    }
 
 
 def prepare(
@@ -283,6 +314,8 @@ def prepare(
         raise SiftError(f"--min-chars {min_chars} must be 0 or more")
     if max_rows is not None and max_rows < 1:
         raise SiftError(f"--max-rows {max_rows} must be at least 1")
+    local_inputs = [entry for entry in (*forget, retain) if entry not in ("cyber", "bio", "wikitext")]
+    check_output(Path(output), local_inputs)
     forget_rows: list[dict[str, str]] = []
     forget_sources = []
     for entry in dict.fromkeys(forget):
@@ -308,8 +341,16 @@ def prepare(
             "max_rows_per_source": max_rows,
             "heldout": f"every {HELDOUT_EVERY}th row, at most {HELDOUT_MAX} per table",
         },
+        inputs=local_inputs,
     )
     if console is not None:
+        for source in [*forget_sources, prepared.manifest["sources"]["retain"]]:
+            dropped = source["rows_read"] - source["rows_kept"]
+            if dropped:
+                console.print(
+                    f"dropped {dropped} of {source['rows_read']} rows of {source['name']!r} "
+                    f"(at most {min_chars} characters, or past --max-rows)"
+                )
         counts = prepared.manifest["counts"]
         summary(
             console,

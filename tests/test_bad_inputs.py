@@ -1,0 +1,166 @@
+"""Every bad input is one line and exit 2, with no traceback and nothing changed on disk.
+
+The cases are the ones a hostile but fair user tried (issue 14). Each builds what it needs in its own
+directory, then runs one command; the test compares every file under the test's directory (and the
+shared run and data) before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from test_train import data_dir, invoke, train_args  # noqa: F401  (data_dir is a fixture)
+
+from sift_cli.apps.hallucination import ragtruth
+from sift_cli.store.prepared import file_sha256
+
+
+@dataclass
+class World:
+    model: Path
+    data: Path
+    run: Path
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, data_dir, tmp_path_factory) -> Path:  # noqa: F811
+    run = tmp_path_factory.mktemp("finished") / "run"
+    assert invoke(*train_args(tiny_model_dir, data_dir, run, "--steps", "1")).exit_code == 0
+    return run
+
+
+def train(world: World, *extra: str, output: Path | None = None) -> list[str]:
+    return train_args(world.model, world.data, output or world.tmp / "new-run", "--steps", "1", *extra)
+
+
+def a_file(path: Path, content: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def texts(path: Path) -> Path:
+    rows = [{"text": f"Row {i} is a sentence long enough to pass the default minimum length filter."} for i in range(12)]
+    return a_file(path, "".join(json.dumps(row) + "\n" for row in rows).encode())
+
+
+def prepared_copy(world: World, edit: Callable[[Path, dict], None]) -> Path:
+    """A copy of the shared prepared data whose manifest `edit` changes."""
+    target = world.tmp / "data"
+    shutil.copytree(world.data, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    edit(target, manifest)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def without_files(target: Path, manifest: dict) -> None:
+    del manifest["files"]
+
+
+def other_apps_tables(target: Path, manifest: dict) -> None:
+    manifest["files"] = {"sft": "forget.jsonl", "dpo": "retain.jsonl"}
+
+
+def outside(target: Path, manifest: dict) -> None:
+    manifest["files"]["forget"] = "../../x.jsonl"
+
+
+def row_without_text(target: Path, manifest: dict) -> None:
+    (target / "forget.jsonl").write_text(json.dumps({"content": "no text field"}) + "\n")
+    manifest["sha256"]["forget"] = file_sha256(target / "forget.jsonl")
+    manifest["counts"]["forget"] = 1
+
+
+def grown_table(target: Path, manifest: dict) -> None:
+    with open(target / "forget.jsonl", "a") as fh:
+        fh.write(json.dumps({"text": "a row the filters removed"}) + "\n")
+
+
+def run_copy(world: World, edit: Callable[[str], str]) -> Path:
+    target = world.tmp / "run"
+    shutil.copytree(world.run, target)
+    (target / "spec.yaml").write_text(edit((target / "spec.yaml").read_text()))
+    return target
+
+
+def ragtruth_dir(world: World, labels: list, responses: int = 1) -> Path:
+    response = "The capital of Zorbia is Paris today ."
+    rows = [{"id": "r1", "source_id": "s1", "model": "m", "labels": labels, "split": "train", "quality": "good",
+             "response": response}][:responses]  # fmt: skip
+    source = {"source_id": "s1", "task_type": "QA", "source_info": {"question": "q", "passages": "p"}, "prompt": "Q"}
+    directory = world.tmp / "ragtruth"
+    a_file(directory / ragtruth.RESPONSE_FILE, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    a_file(directory / ragtruth.SOURCE_FILE, (json.dumps(source) + "\n").encode())
+    return directory
+
+
+def prepare_hallucination(world: World, directory: Path) -> list[str]:
+    return ["prepare", "hallucination", "--source", str(directory), "-o", str(world.tmp / "prepared")]
+
+
+CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
+    ("non-UTF-8 YAML config", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: \xff\xfe\n"))], "is not UTF-8 text"),
+    ("non-UTF-8 jsonl", lambda w: ["prepare", "unlearning", "--forget", str(a_file(w.tmp / "f.jsonl", b'{"text": "\xff"}\n')),
+                                   "--retain", str(texts(w.tmp / "r.jsonl")), "-o", str(w.tmp / "out")], "f.jsonl:1: not UTF-8 text"),
+    ("invalid train.trainable regex", lambda w: train(w, "--set", "train.trainable=layers\\.(0"), "is not a valid regular expression"),
+    ("invalid optim.sift_regex", lambda w: train(w, "--set", "optim.sift_regex=(["), "optim.sift_regex"),
+    ("seed >= 2^64", lambda w: train(w, "--set", "train.seed=18446744073709551616"), "train.seed"),
+    ("train.device=banana", lambda w: train(w, "--set", "train.device=banana"), "is not a device"),
+    ("lr=.inf", lambda w: train(w, "--set", "optim.lr=.inf"), "optim.lr"),
+    ("unknown app", lambda w: ["train", "--app", "foo"], "choose one of: unlearning"),
+    ("train --output a file", lambda w: train(w, output=a_file(w.tmp / "file")), "is a file"),
+    ("train --output under a file", lambda w: train(w, output=a_file(w.tmp / "file") / "run"), "not a writable directory"),
+    ("train --output holding other files", lambda w: train(w, output=a_file(w.tmp / "mine" / "metrics.jsonl").parent), "not a sift run"),
+    ("prepare --output a file", lambda w: ["prepare", "unlearning", "--forget", str(texts(w.tmp / "f.jsonl")), "--retain",
+                                           str(texts(w.tmp / "r.jsonl")), "-o", str(a_file(w.tmp / "out"))], "is a file"),
+    ("prepare --output over its inputs", lambda w: ["prepare", "unlearning", "--forget", str(texts(w.tmp / "f.jsonl")), "--retain",
+                                                    str(texts(w.tmp / "r.jsonl")), "-o", str(w.tmp)], "would replace the input"),
+    ("speech --output equal to --source", lambda w: ["prepare", "speech", "--dataset", "cose", "--source", str(texts(w.tmp / "src" / "train.jsonl").parent),
+                                                     "-o", str(w.tmp / "src")], "would replace the input"),
+    ("localize --output a file", lambda w: ["localize", str(w.run), "--output", str(a_file(w.tmp / "plots"))], "is a file"),
+    ("manifest without files", lambda w: train(w, "--data", str(prepared_copy(w, without_files))), "no 'files' mapping"),
+    ("manifest naming another app's tables", lambda w: train(w, "--data", str(prepared_copy(w, other_apps_tables))), "names no 'forget' table"),
+    ("manifest path outside the directory", lambda w: train(w, "--data", str(prepared_copy(w, outside))), "points outside"),
+    ("table changed after prepare", lambda w: train(w, "--data", str(prepared_copy(w, grown_table))), "changed since it was prepared"),
+    ("row without text", lambda w: train(w, "--data", str(prepared_copy(w, row_without_text))), "row lacks 'text'"),
+    ("malformed run spec.yaml", lambda w: ["train", "--resume", str(run_copy(w, lambda text: "app: [unclosed\n"))], "cannot be read"),
+    ("changed trainable on resume", lambda w: ["train", "--resume", str(run_copy(w, lambda text: text.replace(
+        "mlp\\.down_proj", "mlp\\.(down|up)_proj")))], "holds no state for"),
+    ("resume with a fixed setting", lambda w: ["train", "--resume", str(w.run), "--method", "muon"], "takes only --steps, --lr and --dry-run"),
+    ("resume with --steps 0", lambda w: ["train", "--resume", str(w.run), "--steps", "0"], "train.steps"),
+    ("RAGTruth label not an object", lambda w: prepare_hallucination(w, ragtruth_dir(w, ["Paris"])), "is a str, not an object"),
+    ("RAGTruth string offsets", lambda w: prepare_hallucination(w, ragtruth_dir(w, [{"start": "25", "end": "30"}])), "offsets must be integers"),
+    ("RAGTruth text off its offsets", lambda w: prepare_hallucination(w, ragtruth_dir(w, [{"start": 25, "end": 30, "text": "Rome"}])), "is not at [25, 30)"),
+    ("RAGTruth empty response file", lambda w: prepare_hallucination(w, ragtruth_dir(w, [], responses=0)), "holds no responses"),
+    ("evaluate --limit 0", lambda w: ["evaluate", str(w.run), "--limit", "0", "--tasks", ""], "evaluates nothing"),
+    ("evaluate --limit -3", lambda w: ["evaluate", str(w.run), "--limit", "-3"], "evaluates nothing"),
+    ("evaluate --batch-size 0", lambda w: ["evaluate", str(w.run), "--batch-size", "0"], "must be at least 1"),
+    ("evaluate a missing task file", lambda w: ["evaluate", str(w.run), "--tasks", str(w.tmp / "none.jsonl")], "does not exist"),
+    ("bench engine --k 0", lambda w: ["bench", "engine", "--k", "0"], "must be at least 1"),
+    ("bench engine --device tpu", lambda w: ["bench", "engine", "--device", "tpu"], "is not a device"),
+]  # fmt: skip
+
+
+def snapshot(*roots: Path) -> dict[str, bytes]:
+    """Every file's bytes, except `.lock` (it names the last process that held the run, not run data)."""
+    return {str(p): p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.mark.parametrize(("setup", "message"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(tiny_model_dir, data_dir, finished_run, tmp_path, setup, message) -> None:  # noqa: F811
+    world = World(model=tiny_model_dir, data=data_dir, run=finished_run, tmp=tmp_path)
+    args = setup(world)
+    before = snapshot(tmp_path, data_dir, finished_run)
+    result = invoke(*args)
+    lines = [line for line in result.output.splitlines() if line.strip() and "Loading weights" not in line]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert snapshot(tmp_path, data_dir, finished_run) == before
