@@ -82,6 +82,7 @@ def train(
     assignments: List[str] = typer.Option([], "--set", help="any spec field: --set train.batch_size=8"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec, routing and memory; train nothing"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="with --dry-run: say whether the run fits one GPU of this size, e.g. 80GiB"),
 ) -> None:
     """Train a model on f (utility) under the constraint g."""
     from sift_cli.spec import resolve_spec
@@ -111,9 +112,10 @@ def train(
         assignments = [f"optim.k={'null' if k_value is None else k_value}", *assignments]
     spec = resolve_spec(app=app_name, preset=preset, config=config, overrides=overrides, assignments=assignments)
     if dry_run:
+        from sift_cli.memory import print_memory
         from sift_cli.plan import print_dry_run
 
-        print_dry_run(spec, console)
+        print_memory(spec, print_dry_run(spec, console), console, gpu_memory)
         return
     from sift_cli.train import train as run_training
 
@@ -298,6 +300,28 @@ def bench_toy(
     from sift_cli.bench import run_toy_comparison
 
     run_toy_comparison(steps=steps, seed=seed, console=console)
+
+
+@bench_app.command("memory")
+@user_errors
+def bench_memory() -> None:
+    """Optimizer state per trained parameter, measured: SIFT's settings vs mixed-precision AdamW."""
+    from sift_cli.memory import run_memory_bench
+
+    run_memory_bench(console=console)
+
+
+@bench_app.command("precision")
+@user_errors
+def bench_precision(
+    steps: int = typer.Option(100, help="optimizer steps"),
+    lr: float = typer.Option(1e-4, help="learning rate"),
+    k: int = typer.Option(128, "--k", help="top-K subspace size of SIFT"),
+) -> None:
+    """bf16 training with and without master weights, Kahan or stochastic rounding, against fp32."""
+    from sift_cli.bench import run_precision_bench
+
+    run_precision_bench(steps=steps, lr=lr, k=k, console=console)
 
 
 def _register_prepare_commands() -> None:

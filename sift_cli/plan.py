@@ -1,6 +1,6 @@
 """The plan of a run, shared by `sift train` and `sift train --dry-run`: which parameters are trained,
 how each is routed (SIFT/Muon or AdamW, fused matrices split into blocks), the engine config, and what
-the optimizer state costs.
+memory the run needs per device (sift_cli.memory reads this plan).
 
 A dry run instantiates the model on the meta device from its config, so a 7B model's plan prints in
 seconds.
@@ -21,10 +21,8 @@ from sift_cli.apps import get_app
 from sift_cli.engine import OptimizerConfig, Route, route_parameters
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import fused_qkv
-from sift_cli.hf.loading import resolve_model_path
+from sift_cli.hf.loading import DTYPES, resolve_model_path
 from sift_cli.spec import OptimSpec, RunSpec
-
-FP32_BYTES = 4
 
 
 def optimizer_config(optim: OptimSpec, model_config: Any = None) -> OptimizerConfig:
@@ -97,7 +95,8 @@ def meta_model(spec: RunSpec) -> torch.nn.Module:
         reason = first_line(exc, None)
         raise SiftError(f"cannot read the config of model {source!r}: {reason[:200]}; check the id or path") from None
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
+    return model.to(DTYPES[spec.model.dtype])
 
 
 def plan(spec: RunSpec, model: torch.nn.Module) -> list[PlanRow]:
@@ -116,30 +115,13 @@ def plan(spec: RunSpec, model: torch.nn.Module) -> list[PlanRow]:
     return rows
 
 
-def state_bytes(rows: list[PlanRow], k: int | None) -> dict[str, int]:
-    """fp32 optimizer state: two gradient accumulators for every trained tensor, then per route
-    two momenta plus (SIFT candidates) two cached bases of K columns, or AdamW's two moments."""
-    totals = {"gradient accumulators": 0, "momenta": 0, "subspace caches": 0, "adamw moments": 0}
-    for row in rows:
-        if row.route == "frozen":
-            continue
-        numel = int(torch.Size(row.shape).numel())
-        totals["gradient accumulators"] += 2 * numel * FP32_BYTES
-        if row.route == "spectral":
-            totals["momenta"] += 2 * numel * FP32_BYTES
-            if row.candidate:
-                for m, n in [shape for _, shape in row.blocks] or [row.shape]:
-                    rank = min(m, n) if k is None else min(k, m, n)
-                    totals["subspace caches"] += 2 * (m + n) * rank * FP32_BYTES
-        else:
-            totals["adamw moments"] += 2 * numel * FP32_BYTES
-    return totals
-
-
-def print_dry_run(spec: RunSpec, console: Console) -> None:
+def print_dry_run(spec: RunSpec, console: Console) -> torch.nn.Module:
+    """Print the resolved spec and the routing table; return the meta model they describe (the memory
+    table, sift_cli.memory.print_memory, reads it)."""
     console.rule("resolved spec")
     console.print(spec.to_yaml(), markup=False, highlight=False)
-    rows = plan(spec, meta_model(spec))
+    model = meta_model(spec)
+    rows = plan(spec, model)
     table = Table(title=f"routing ({spec.optim.method}, trainable = {trainable_regex(spec)!r})")
     for column in ("parameter", "shape", "route", "SIFT candidate"):
         table.add_column(column)
@@ -155,12 +137,5 @@ def print_dry_run(spec: RunSpec, console: Console) -> None:
         f"{counts['spectral']} spectral, {counts['adamw']} AdamW, {counts['frozen']} frozen; "
         f"{sum(r.candidate for r in rows)} SIFT candidates"
     )
-    totals = state_bytes(rows, spec.optim.k)
-    memory = Table(title="optimizer state estimate (fp32)")
-    memory.add_column("part")
-    memory.add_column("MiB", justify="right")
-    for part, size in totals.items():
-        memory.add_row(part, f"{size / 2**20:,.1f}")
-    memory.add_row("total", f"{sum(totals.values()) / 2**20:,.1f}", style="bold")
-    console.print(memory)
+    return model
 

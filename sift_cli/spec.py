@@ -85,6 +85,9 @@ class TrainSpec(_Strict):
     checkpoint_every: int = Field(50, ge=1)
     spectra_every: int = Field(0, ge=0, description="log momentum singular values every N steps (0: off)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    deterministic: bool = Field(
+        False, description="torch deterministic algorithms (bit-reproducible GPU runs, slower; recorded in env.json)"
+    )
     report_to: Literal["none", "tensorboard", "wandb"] = Field(
         "none", description="also send metrics to an experiment tracker (accelerate's trackers); none: metrics.jsonl only"
     )

@@ -132,6 +132,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def set_deterministic(on: bool) -> None:
+    """torch's deterministic algorithms, or its defaults. cuBLAS needs a fixed workspace for
+    deterministic matrix products, set before its first use; ops without a deterministic version raise."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = not on
+
+
 def environment(device: torch.device, world_size: int, seed: int) -> dict[str, Any]:
     import transformers
 
@@ -145,6 +154,7 @@ def environment(device: torch.device, world_size: int, seed: int) -> dict[str, A
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "world_size": world_size,
         "seed": seed,
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
 
 
@@ -199,6 +209,7 @@ class Trainer:
         cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
         self.accelerator = Accelerator(cpu=cpu, **tracking.accelerator_kwargs(spec.train.report_to, run.path))
         self.device = self.accelerator.device
+        set_deterministic(spec.train.deterministic)
         seed_everything(spec.train.seed)
         app = get_app(spec.app)
         data = load_prepared(spec.data.path, spec.app)

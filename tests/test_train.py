@@ -60,6 +60,7 @@ def test_train_writes_a_run_directory_that_later_commands_read(tiny_model_dir, d
     assert (spec.train.steps, spec.optim.k, spec.objective["layer"]) == (3, 4, 1)
     env = run.read_env()
     assert env["torch"] == torch.__version__ and env["world_size"] == 1 and env["seed"] == spec.train.seed
+    assert env["deterministic"] is False
 
     metrics = run.read_metrics()
     assert list(metrics["step"]) == [1, 2, 3]
@@ -91,8 +92,12 @@ def test_dry_run_prints_routing_and_memory_without_training(tiny_model_dir, data
     assert result.exit_code == 0, result.output
     assert "model.layers.1.mlp.down_proj.weight" in result.output
     assert "spectral" in result.output and "frozen" in result.output
-    assert "optimizer state estimate" in result.output
+    assert "memory per device" in result.output and "activations (one micro-batch)" in result.output
     assert not (tmp_path / "dry").exists()
+    fits = invoke(*train_args(tiny_model_dir, data_dir, tmp_path / "dry", "--dry-run", "--gpu-memory", "80GiB"))
+    assert "fits one 80GiB GPU" in fits.output
+    tight = invoke(*train_args(tiny_model_dir, data_dir, tmp_path / "dry", "--dry-run", "--gpu-memory", "1MiB"))
+    assert "does not fit one 1MiB GPU" in tight.output and "optim.momentum_dtype=bfloat16" in tight.output
 
 
 def test_k_larger_than_a_block_is_refused_before_training(tiny_model_dir, data_dir, tmp_path) -> None:
@@ -198,7 +203,10 @@ def test_sigkill_then_resume_continues_bit_exactly(tiny_model_dir, data_dir, tmp
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_dir, tmp_path) -> None:
-    common = ["--steps", "6", "--set", "train.checkpoint_every=2", "--set", "train.grad_accum=2"]
+    """bf16 weights with their fp32 master (split across the checkpoint's weights and optimizer state),
+    deterministic algorithms on: the resumed run ends bit for bit where the straight one does."""
+    common = ["--steps", "6", "--set", "train.checkpoint_every=2", "--set", "train.grad_accum=2",
+              "--set", "model.dtype=bfloat16", "--set", "train.deterministic=true"]  # fmt: skip
     straight = tmp_path / "straight"
     assert run_cli_process(train_args(tiny_model_dir, data_dir, straight, *common)).returncode == 0
 
@@ -216,6 +224,7 @@ def test_sigkill_then_resume_gives_bit_identical_weights(tiny_model_dir, data_di
         assert torch.equal(expected[name], got[name]), name
     assert list(RunDir(killed).read_metrics()["step"]) == list(range(1, 7))
     assert RunDir(killed).read_metrics()["loss_f"].tolist() == RunDir(straight).read_metrics()["loss_f"].tolist()
+    assert RunDir(killed).read_env()["deterministic"] is True
 
 
 @pytest.mark.slow

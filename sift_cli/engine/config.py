@@ -16,6 +16,8 @@ Method = Literal["sift", "muon", "adamw", "blur"]
 TauSource = Literal["grad", "momentum"]
 ScaleRule = Literal["kj", "match_rms_adamw"]
 Subspace = Literal["auto", "randomized"]
+UpdateRounding = Literal["nearest", "kahan", "stochastic"]
+MomentumDtype = Literal["float32", "bfloat16"]
 RowSplits = tuple[tuple[str, int], ...]
 """(label, rows) per slice, top to bottom: a fused matrix whose row slices are separate blocks."""
 
@@ -33,6 +35,13 @@ class OptimizerConfig:
     block_splits: {parameter-name regex: ((label, rows), ...)} for fused matrices (GLM's query_key_value)
     whose row slices each get their own momentum alignment, gate, direction and scale, and are reported
     as `name[label]`.
+    master_weights, update_rounding: how updates reach bf16/fp16 parameters (fp32 ones take them
+    exactly). master_weights=True keeps an exact fp32 master copy in the optimizer state; with it off,
+    update_rounding says how each step's fp32 result is written back: "nearest" (updates below half a
+    unit in the last place are lost), "kahan" (a compensation buffer in the parameter dtype carries the
+    rounding error to the next step) or "stochastic" (unbiased random rounding, no extra state).
+    momentum_dtype: storage of the spectral blocks' two momenta; "bfloat16" halves them (the released
+    code keeps them in the parameter dtype), the arithmetic stays fp32.
     """
 
     __pydantic_config__ = {"extra": "forbid"}
@@ -56,6 +65,9 @@ class OptimizerConfig:
     exact: bool = False
     subspace: Subspace = "auto"
     block_splits: dict[str, RowSplits] = field(default_factory=dict)
+    master_weights: bool = True
+    update_rounding: UpdateRounding = "nearest"
+    momentum_dtype: MomentumDtype = "float32"
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -65,7 +77,8 @@ class OptimizerConfig:
     def problems(self) -> list[str]:
         """Every invalid value, one line each, naming the setting and what it accepts."""
         found = []
-        for key, kind in (("method", Method), ("tau_source", TauSource), ("scale_rule", ScaleRule), ("subspace", Subspace)):
+        for key, kind in (("method", Method), ("tau_source", TauSource), ("scale_rule", ScaleRule), ("subspace", Subspace),
+                          ("update_rounding", UpdateRounding), ("momentum_dtype", MomentumDtype)):
             allowed = get_args(kind)
             if getattr(self, key) not in allowed:
                 found.append(f"{key}={getattr(self, key)!r}: expected one of {', '.join(allowed)}")
@@ -89,6 +102,10 @@ class OptimizerConfig:
             found.append("eps, lam and blur_alpha must be finite numbers")
         if self.lam < 0:
             found.append(f"lam={self.lam}: expected 0 or more (the weight of f in lam*f + g)")
+        if self.master_weights and self.update_rounding != "nearest":
+            found.append(
+                f"update_rounding={self.update_rounding!r} replaces the fp32 master copy; set master_weights: false with it"
+            )
         patterns = {"sift_regex": self.sift_regex, "adamw_regex": self.adamw_regex}
         patterns.update({f"block_splits key {key!r}": key for key in self.block_splits})
         for key, pattern in patterns.items():

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from .config import OptimizerConfig, ScaleRule
 from .direction import combine_subspaces, sift_direction, top_k_tracked
-from .linalg import alignment, msign
+from .linalg import alignment, msign, sketch_width, warm_sketch_width
+from .precision import STOCHASTIC_SEED, Layout, fp32_weights, init_weight_state, weight_layout, write_weights
 from .routing import Block, Route, route_parameters
 from .updates import adamw_update, blur_combine
 
@@ -55,8 +56,9 @@ class SiftOptimizer(torch.optim.Optimizer):
 
     Usage per step: for each micro-batch, backward f then capture("f"), backward g then capture("g");
     then step(). Param groups "spectral" and "adamw" each carry their own "lr", so torch LR schedulers
-    apply. Per-parameter state (both momenta, AdamW moments, SIFT subspace caches) lives in self.state
-    and round-trips through state_dict with its dtypes kept.
+    apply. Per-parameter state (both momenta, AdamW moments, SIFT subspace caches, the master weights
+    or Kahan compensation of bf16/fp16 parameters) lives in self.state and round-trips through
+    state_dict with its dtypes kept; state_layout() says what it holds before any step.
     """
 
     def __init__(self, named_params: list[tuple[str, nn.Parameter]], cfg: OptimizerConfig) -> None:
@@ -80,22 +82,64 @@ class SiftOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def capture(self, objective: Objective) -> None:
-        """Add every parameter's .grad into the objective's accumulator (fp32) and clear .grad."""
+        """Take every parameter's .grad as the objective's gradient of this step and clear .grad.
+
+        The tensor is kept as it is (no copy, parameter dtype): a step needs both objectives' gradients
+        (Nesterov momenta, the gradient alignment) but never more than the two that backward made. A
+        second capture of the same objective before step() adds into a new tensor (gradient accumulation
+        in the parameter dtype); a held tensor is never changed in place, so callers may pass shared ones."""
         if objective not in self._acc:
             raise ValueError(f"objective={objective!r}: expected 'f' or 'g'")
         acc = self._acc[objective]
         for p in self._params():
             if p.grad is None:
                 continue
-            if p in acc:
-                acc[p].add_(p.grad)
-            else:
-                acc[p] = p.grad.to(torch.float32, copy=True)
+            held = acc.get(p)
+            acc[p] = p.grad if held is None else held + p.grad
             p.grad = None
 
     def _take(self, objective: Objective, p: nn.Parameter) -> Tensor:
         grad = self._acc[objective].pop(p, None)
         return torch.zeros_like(p, dtype=torch.float32) if grad is None else grad
+
+    def state_layout(self, p: nn.Parameter) -> Layout:
+        """Every tensor the optimizer keeps for `p` between steps, {key: (shape, dtype)}: momenta or AdamW
+        moments, master weights or compensation, and SIFT's subspace caches once the block took the SIFT
+        branch. Memory estimates are computed from this, so they are what the engine allocates."""
+        cfg = self.cfg
+        route = self._routes[p]
+        shape = tuple(p.shape)
+        layout = weight_layout(shape, p.dtype, cfg.master_weights, cfg.update_rounding)
+        if route.kind == "spectral" and cfg.method in ("sift", "muon"):
+            momentum = torch.float32 if cfg.momentum_dtype == "float32" else torch.bfloat16
+            layout.update({key: (shape, momentum) for key in ("momentum_f", "momentum_g")})
+            if cfg.method == "sift" and route.candidate and not cfg.exact and cfg.subspace == "auto":
+                for block in self._blocks[p]:
+                    if cfg.k is not None and sketch_width(cfg.k) < min(block.shape):
+                        width = warm_sketch_width(cfg.k)
+                        for key in ("basis_f", "basis_g"):
+                            layout[key + block.suffix] = ((block.shape[1], width), torch.float32)
+        else:
+            layout.update({key: (shape, torch.float32) for key in ("exp_avg", "exp_avg_sq")})
+        return layout
+
+    def _ensure_state(self, p: nn.Parameter) -> dict:
+        """The state of p with every entry of its layout that a step updates in place allocated (the
+        subspace caches are made by the first SIFT step of their block)."""
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = 0
+        layout = {key: spec for key, spec in self.state_layout(p).items() if not key.startswith("basis_")}
+        init_weight_state(p, state, layout)
+        for key, (shape, dtype) in layout.items():
+            if key not in state:
+                state[key] = torch.zeros(shape, dtype=dtype, device=p.device)
+        return state
+
+    def init_state(self) -> None:
+        """Allocate every parameter's state now instead of at the first step (what a step would)."""
+        for p in self._params():
+            self._ensure_state(p)
 
     @torch.no_grad()
     def step(self, closure: None = None) -> StepReport:  # type: ignore[override]
@@ -110,37 +154,47 @@ class SiftOptimizer(torch.optim.Optimizer):
         combined = blur_combine(grads_f, grads_g, cfg.blur_alpha) if cfg.method == "blur" else []
         blocks = []
         for i, (group, p) in enumerate(members):
+            state = self._ensure_state(p)
+            work = fp32_weights(p, state)
             if group["name"] == "spectral" and cfg.method in ("sift", "muon"):
-                blocks.extend(self._spectral_step(p, grads_f[i], grads_g[i], group))
-                continue
-            tau_grad = alignment(grads_f[i], grads_g[i])
-            grad = combined[i] if cfg.method == "blur" else grads_f[i].mul_(cfg.lam).add_(grads_g[i])
-            adamw_update(p, grad, self.state[p], group["lr"], cfg.betas, cfg.adam_eps, group["weight_decay"])
-            blocks.append(BlockReport(self._routes[p].name, tuple(p.shape), tau_grad, math.nan, "adamw"))
+                blocks.extend(self._spectral_step(p, work, grads_f[i], grads_g[i], group))
+            else:
+                tau_grad = alignment(grads_f[i], grads_g[i])
+                grad = combined[i] if cfg.method == "blur" else grads_f[i].float().mul(cfg.lam).add_(grads_g[i])
+                adamw_update(work, grad, state, group["lr"], cfg.betas, cfg.adam_eps, group["weight_decay"])
+                blocks.append(BlockReport(self._routes[p].name, tuple(p.shape), tau_grad, math.nan, "adamw"))
+            seed = STOCHASTIC_SEED + 1_000_003 * state["step"] + i
+            write_weights(p, state, work, cfg.update_rounding, seed)
         if any(p.is_cuda for _, p in members):
             torch.cuda.synchronize()
         n_sift = sum(block.branch == "sift" for block in blocks)
         return StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=n_sift)
 
     def _momentum(self, state: dict, key: str, grad: Tensor) -> Tensor:
-        buf = state.get(key)
-        if buf is None:
-            buf = state[key] = torch.zeros_like(grad)
+        """B <- beta B + G in fp32 (stored back in the buffer's dtype); returns the momentum this step
+        uses, G + beta B under Nesterov."""
+        buf = state[key]
         beta = self.cfg.momentum
-        buf.mul_(beta).add_(grad)
-        return grad.add(buf, alpha=beta) if self.cfg.nesterov else buf
+        if buf.dtype == torch.float32:
+            new = buf.mul_(beta).add_(grad)
+        else:
+            new = buf.float().mul_(beta).add_(grad)
+            buf.copy_(new)
+        return grad.add(new, alpha=beta) if self.cfg.nesterov else new
 
-    def _spectral_step(self, p: nn.Parameter, grad_f: Tensor, grad_g: Tensor, group: dict) -> list[BlockReport]:
+    def _spectral_step(
+        self, p: nn.Parameter, work: Tensor, grad_f: Tensor, grad_g: Tensor, group: dict
+    ) -> list[BlockReport]:
         """Momenta of the whole parameter; gate, direction and scale per block (a row slice of a fused
-        matrix is a block of its own shape, so its update is orthogonal on its own)."""
+        matrix is a block of its own shape, so its update is orthogonal on its own). `work` is the fp32
+        weight the update applies to, in place."""
         cfg = self.cfg
         route = self._routes[p]
         state = self.state[p]
-        state["step"] = state.get("step", 0) + 1
+        state["step"] += 1
         m_f = self._momentum(state, "momentum_f", grad_f)
         m_g = self._momentum(state, "momentum_g", grad_g)
         lr = group["lr"]
-        work = p.data if p.dtype == torch.float32 else p.data.float()
         work.mul_(1 - lr * group["weight_decay"])
         reports = []
         for block in self._blocks[p]:
@@ -156,8 +210,6 @@ class SiftOptimizer(torch.optim.Optimizer):
                 branch = "muon"
             work[rows].add_(direction.to(torch.float32), alpha=-lr * spectral_scale(block.shape, cfg.scale_rule))
             reports.append(BlockReport(block.name, block.shape, tau_grad, tau_m, branch))
-        if work is not p.data:
-            p.data.copy_(work)
         return reports
 
     def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> Tensor:

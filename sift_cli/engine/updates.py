@@ -9,7 +9,7 @@ from torch import Tensor
 
 
 def adamw_update(
-    param: Tensor,
+    weights: Tensor,
     grad: Tensor,
     state: dict,
     lr: float,
@@ -17,29 +17,24 @@ def adamw_update(
     eps: float,
     weight_decay: float,
 ) -> None:
-    """One decoupled AdamW step in place, the same arithmetic as torch.optim.AdamW (single-tensor path).
+    """One decoupled AdamW step on the fp32 tensor `weights`, in place, with the same arithmetic as
+    torch.optim.AdamW (single-tensor path).
 
-    Moments are kept in fp32 whatever the parameter dtype, so bf16 training does not lose the second
-    moment's small increments; the parameter is updated in fp32 and written back once."""
-    if "exp_avg" not in state:
-        state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32)
-        state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32)
-        state["step"] = 0
+    state holds "step" and the fp32 moments "exp_avg" and "exp_avg_sq" (allocated by the optimizer
+    whatever the parameter dtype, so bf16 training does not lose the second moment's small increments);
+    the optimizer writes `weights` back into a half-precision parameter."""
     state["step"] += 1
     step = state["step"]
     beta1, beta2 = betas
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
     grad = grad.to(torch.float32)
-    work = param.data if param.dtype == torch.float32 else param.data.float()
-    work.mul_(1 - lr * weight_decay)
+    weights.mul_(1 - lr * weight_decay)
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = math.sqrt(1 - beta2**step)
     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    work.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-    if work is not param.data:
-        param.data.copy_(work)
+    weights.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
 def blur_rho(grads_f: list[Tensor], grads_g: list[Tensor]) -> float:
@@ -60,4 +55,8 @@ def blur_combine(grads_f: list[Tensor], grads_g: list[Tensor], alpha: float) -> 
     exactly for every alpha: the constraint's own descent rate is kept, f only adds what is orthogonal.
     """
     rho = blur_rho(grads_f, grads_g)
-    return [g + alpha * (f - rho * g) for f, g in zip(grads_f, grads_g, strict=True)]
+    combined = []
+    for f, g in zip(grads_f, grads_g, strict=True):
+        dtype = torch.promote_types(g.dtype, torch.float32)  # half-precision gradients combine in fp32
+        combined.append(g.to(dtype) + alpha * (f.to(dtype) - rho * g.to(dtype)))
+    return combined

@@ -316,7 +316,12 @@ def test_training_plan_gates_glm_qkv_slices_apart() -> None:
 
 
 def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
-    from sift_cli.plan import plan, state_bytes
+    """The plan shows the Q, K and V slices; the memory estimate counts the subspace caches the engine
+    allocates: one warm basis per slice and objective with a sketch narrower than the slice, none at full K."""
+    from sift_cli.engine import SiftOptimizer
+    from sift_cli.engine.linalg import warm_sketch_width
+    from sift_cli.memory import layout_bytes
+    from sift_cli.plan import optimizer_config, plan
 
     class TinyGlm(nn.Module):
         def __init__(self) -> None:
@@ -330,11 +335,15 @@ def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
             self.transformer.encoder.layers = nn.ModuleList([layer])
 
     spec = resolve_spec(app="speech", assignments=["optim.k=null", r"train.trainable=query_key_value\.weight"])
-    (row,) = plan(spec, TinyGlm())
+    model = TinyGlm()
+    (row,) = plan(spec, model)
     assert row.route == "spectral" and row.candidate
     assert row.blocks == (("q", (32, 32)), ("k", (16, 32)), ("v", (16, 32)))
-    caches = 2 * ((32 + 32) * 32 + 2 * (16 + 32) * 16) * 4
-    assert state_bytes([row], k=None)["subspace caches"] == caches
+    named = list(model.named_parameters())
+    full_k = SiftOptimizer(named, optimizer_config(spec.optim, model.config))
+    assert "subspace caches" not in layout_bytes(full_k)
+    k4 = SiftOptimizer(named, optimizer_config(spec.optim.__class__(k=4), model.config))
+    assert layout_bytes(k4)["subspace caches"] == 3 * 2 * 32 * warm_sketch_width(4) * 4
 
 
 @pytest.mark.parametrize(
