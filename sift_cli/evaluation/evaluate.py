@@ -22,6 +22,8 @@ from sift_cli.apps import get_app
 from sift_cli.apps.base import EvalOptions
 from sift_cli.errors import SiftError
 from sift_cli.hf.loading import load_model, load_tokenizer
+from sift_cli.hf.model_card import write_model_card
+from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json
 from sift_cli.store.lock import locked
@@ -74,8 +76,9 @@ def evaluate_run(run_dir: Path, options: EvalOptions, console: Console | None = 
         results = {"app": spec.app, "model": str(run.model_dir), **evaluate_model(model, tokenizer, spec, options, run)}
         entry = {**results, "made": provenance(options)}
         write_json(run.eval_dir / RESULTS, {"evaluations": [*earlier, entry]})
+        write_model_card(run, spec, [row for row in flatten(results) if row[0] not in ("app", "model")])
     console.print(results_table(results, title=f"{spec.app}: {run.path}"))
-    console.print(f"written to {run.eval_dir / RESULTS} (evaluation {len(earlier) + 1})")
+    summary(console, f"evaluated {spec.app} (evaluation {len(earlier) + 1}); model card updated", run.eval_dir / RESULTS)
     return entry
 
 
@@ -132,7 +135,7 @@ def flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def results_table(results: dict[str, Any], title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in flatten(results):

@@ -10,8 +10,10 @@ datasets from the Hugging Face hub.
 from __future__ import annotations
 
 import logging
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from torch import nn
@@ -168,9 +170,10 @@ def _evaluate(
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = (HFLM if progress else _quiet_hflm())(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     try:
-        output = simple_evaluate(
-            model=lm, tasks=specs, task_manager=manager, limit=limit, log_samples=log_samples, verbosity="ERROR"
-        )
+        with _quiet_git_lookup():
+            output = simple_evaluate(
+                model=lm, tasks=specs, task_manager=manager, limit=limit, log_samples=log_samples, verbosity="ERROR"
+            )
     except (ConnectionError, OSError) as exc:
         if not builtin:
             raise
@@ -194,6 +197,28 @@ def _metrics(output: dict[str, Any], name: str) -> dict[str, float]:
     if "effective" in samples:
         metrics["n_samples"] = int(samples["effective"])
     return metrics
+
+
+def _git_commit() -> str | None:
+    """lm-eval's git lookup (its results record the commit of the working directory), with git's
+    stderr discarded: outside a repository git prints `fatal: not a git repository` to the terminal."""
+    try:
+        found = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    return found.stdout.strip() or None
+
+
+@contextmanager
+def _quiet_git_lookup() -> Iterator[None]:
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = _git_commit
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 def _quiet_hflm() -> type:

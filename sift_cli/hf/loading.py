@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sift_cli.errors import SiftError, first_line
+from sift_cli.hf import hub
 from sift_cli.spec import DEFAULT_MODEL, ModelSpec
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,13 +65,21 @@ def resolve_model_path(spec: ModelSpec) -> str:
     return str(smollm2_dir()) if spec.name == DEFAULT_MODEL else spec.name
 
 
+def _from_cache_only(source: str) -> bool:
+    """A hub id read from the local cache alone: offline by request, or the hub is unreachable (no retries)."""
+    return not Path(source).expanduser().exists() and hub.local_only()
+
+
 def load_tokenizer(spec: ModelSpec, path: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     source = path or resolve_model_path(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            source,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            local_files_only=_from_cache_only(source),
         )
     except Exception as exc:
         raise SiftError(_load_failure("tokenizer", source, exc)) from None
@@ -91,6 +100,7 @@ def load_model(spec: ModelSpec, path: str | None = None) -> torch.nn.Module:
             revision=spec.revision,
             trust_remote_code=spec.trust_remote_code,
             use_safetensors=True,
+            local_files_only=_from_cache_only(source),
         )
     except Exception as exc:
         raise SiftError(_load_failure("model", source, exc)) from None
@@ -100,6 +110,6 @@ def _load_failure(what: str, source: str, exc: Exception) -> str:
     reason = first_line(exc, None)
     if "trust_remote_code" in str(exc) or "contains custom code" in str(exc):
         return f"{what} {source!r} needs custom code; set model.trust_remote_code=true only if you trust it"
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    hint = "check the id or path" + ("; HF_HUB_OFFLINE=1 is set, so only cached or local models load" if offline else "")
-    return f"cannot load {what} {source!r}: {reason[:200]}; {hint}"
+    if _from_cache_only(source):
+        return f"cannot load {what} {source!r}: {hub.unreachable_hint()}"
+    return f"cannot load {what} {source!r}: {reason[:200]}; check the id or path"

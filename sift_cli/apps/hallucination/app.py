@@ -31,6 +31,7 @@ from sift_cli.apps.batching import (
 from sift_cli.apps.hallucination import ragtruth
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.judge import JudgeEndpoint
+from sift_cli.output import summary
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def prepare(
         if relocated:
             console.print(f"re-located {relocated} label spans whose offsets were off their text by a few characters")
         counts = ", ".join(f"{split} {len(examples)} ({stats[f'{split}_with_spans']} with spans)" for split, examples in splits.items())
-        console.print(f"prepared {counts} in {output}")
+        summary(console, f"prepared {counts}", output)
     return prepared
 
 

@@ -39,6 +39,7 @@ from sift_cli.apps.safety.refusal import is_refusal
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
 from sift_cli.evaluation.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
+from sift_cli.output import summary
 from sift_cli.store.atomic import write_jsonl
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
@@ -126,9 +127,11 @@ def prepare(
                 f"dropped {len(pku_rows) - len(pairs)} of {len(pku_rows)} PKU rows "
                 f"(no {prefer} response{', or not exactly one safe response' if exactly_one_safe else ''})"
             )
-        console.print(
-            f"wrote {len(tables['sft'])} SFT examples and {len(tables['dpo'])} DPO pairs "
-            f"({len(pairs)} of {len(pku_rows)} PKU rows passed the filters) to {output}"
+        summary(
+            console,
+            f"prepared {len(tables['sft'])} SFT examples and {len(tables['dpo'])} DPO pairs "
+            f"({len(pairs)} of {len(pku_rows)} PKU rows passed the filters)",
+            output,
         )
     return prepared
 

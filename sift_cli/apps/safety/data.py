@@ -81,7 +81,9 @@ PROMPT_SETS = {
 def load_hub_rows(dataset_id: str, config: str | None, split: str, **kwargs: Any) -> list[dict[str, Any]]:
     """Rows of a hub dataset split, with a one-line error that names the offline alternative."""
     import datasets
+    from sift_cli.hf.hub import require_hub
 
+    require_hub(f"the dataset {dataset_id}")
     try:
         table = datasets.load_dataset(dataset_id, config, split=split, **kwargs)
     except Exception as exc:

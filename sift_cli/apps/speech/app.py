@@ -43,6 +43,7 @@ from sift_cli.apps.speech.whisper_vq import (
     load_speech_tokenizer,
 )
 from sift_cli.errors import SiftError
+from sift_cli.output import summary
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def prepare(
             if count:
                 console.print(f"dropped {count} {table} rows of {dataset} (no gold answer, an empty field, or an answer not among the choices)")
         counts = ", ".join(f"{table} {len(rows)}" for table, rows in tables.items())
-        console.print(f"prepared {counts} spoken {dataset} examples ({tokenizer.tokens_per_second:g} speech tokens/s) in {output}")
+        summary(console, f"prepared {counts} spoken {dataset} examples ({tokenizer.tokens_per_second:g} speech tokens/s)", output)
     return prepared
 
 

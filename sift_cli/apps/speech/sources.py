@@ -147,7 +147,9 @@ CONVERTERS: dict[str, Callable[[dict[str, Any], int], Example | None]] = {
 
 def _hub_rows(dataset_id: str, config: str | None, split: str) -> list[dict[str, Any]]:
     import datasets
+    from sift_cli.hf.hub import require_hub
 
+    require_hub(f"the dataset {dataset_id}")
     try:
         table = datasets.load_dataset(dataset_id, config, split=split)
     except Exception as exc:

@@ -169,6 +169,8 @@ class WhisperVQEncoder(nn.Module):
         bias = attention_bias(mask, block, causal, hidden.dtype)
         for index, layer in enumerate(self.layers, start=1):
             hidden = layer(hidden, bias)
+            if isinstance(hidden, tuple):  # early transformers 5 releases return (hidden_states,)
+                hidden = hidden[0]
             if index == config.pooling_position and config.pooling_kernel_size:
                 hidden = self._pool(hidden)
                 mask = mask[:, :: self.pooling]

@@ -23,6 +23,7 @@ from torch import nn
 from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
 from sift_cli.errors import SiftError, first_line
 from sift_cli.evaluation import lmeval
+from sift_cli.output import summary
 from sift_cli.store.prepared import (
     PreparedData,
     check_output,
@@ -351,9 +352,11 @@ def prepare(
                     f"(at most {min_chars} characters, or past --max-rows)"
                 )
         counts = prepared.manifest["counts"]
-        console.print(
-            f"prepared {output}: forget {counts['forget']} (+{counts['forget_eval']} held out), "
-            f"retain {counts['retain']} (+{counts['retain_eval']} held out)"
+        summary(
+            console,
+            f"prepared forget {counts['forget']} (+{counts['forget_eval']} held out), "
+            f"retain {counts['retain']} (+{counts['retain_eval']} held out)",
+            output,
         )
     return prepared
 
@@ -382,7 +385,9 @@ def _local_texts(entry: str, flag: str, names: str) -> tuple[list[str], dict[str
 
 def _hub_texts(repo: str, config: str, split: str) -> tuple[list[str], dict[str, Any]]:
     from datasets import load_dataset
+    from sift_cli.hf.hub import require_hub
 
+    require_hub(f"the dataset {repo}")
     try:
         dataset = load_dataset(repo, config, split=split)
     except Exception as exc:
