@@ -47,12 +47,12 @@ def paired_test(ours: Scores, reference: Scores, metric: str) -> PairedDifferenc
     return paired_bootstrap(a, b)
 
 
-def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dict[str, Choice], reference: str,
+def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dict[str, Choice],
                   tests: dict[str, dict[str, PairedDifference]]) -> Table:  # fmt: skip
     """Mean and 95% interval per chosen configuration and metric, and its paired difference to the
     reference method (marked * only when the test and the interval both say it differs)."""
     metrics = list(next(iter(rows.values())))
-    table = Table(title=title, caption=f"95% intervals; Δ vs {reference} on the same test examples; * significant")
+    table = Table(title=title, title_justify="left")
     table.add_column("model")
     for metric in metrics:
         table.add_column(column_label(metric), justify="right")

@@ -31,6 +31,7 @@ from sift_cli.compare.scores import build_examples, cached_scores, score_model
 from sift_cli.compare.select import CONSTRAINT, UTILITY, Choice, choose
 from sift_cli.compare.stats import bootstrap_interval
 from sift_cli.errors import SiftError
+from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json, write_text
 from sift_cli.store.rundir import RunDir
@@ -51,28 +52,35 @@ def claim(output: Path, record: str) -> None:
 
 
 def run_compare(
-    base: RunSpec, options: CompareOptions, output: Path, tasks: list[str], console: Console, batch_size: int = 8
+    base: RunSpec,
+    options: CompareOptions,
+    output: Path,
+    tasks: list[str],
+    console: Console,
+    batch_size: int = 8,
+    title: str | None = None,
+    notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
+    """Run, score, choose and report; progress is a transient status line, so what stays on the screen
+    is the table (titled `title`, with `notes` in its caption) and one summary line."""
     if options.reference not in options.grid:
         raise SiftError(f"reference method {options.reference!r} is not in the grid ({', '.join(options.grid)}); add it or pass --reference")
     output = Path(output)
     claim(output, yaml.safe_dump({"base": base.model_dump(mode="json"), "compare": options.model_dump(mode="json"), "tasks": tasks}, sort_keys=True))
     examples = build_examples(base, tasks, output / "tasks")
-    console.print(
-        f"comparing {', '.join(options.grid)} on {base.app}: {sum(len(v) for v in options.grid.values())} learning rates x "
-        f"{len(options.seeds)} seeds; validation {sum(map(len, examples['validation'].texts.values()))} texts, "
-        f"test {sum(map(len, examples['test'].texts.values()))} texts"
-    )
-    base_scores = cached_scores(output / "scores" / "base.json", lambda: _score(base, None, examples, batch_size))
-    scores: dict[Cell, dict[str, dict[str, list[float]]]] = {}
-    for cell in cells(options):
-        run_dir = _ensure_run(cell, base, options, output / "runs", console)
-        spec = cell_spec(base, cell, output / "runs", options.steps)
-        scores[cell] = cached_scores(output / "scores" / f"{cell.name}.json", lambda: _score(spec, run_dir, examples, batch_size))
-    return _report(base, options, output, base_scores, scores, console)
+    grid = cells(options)
+    with console.status("scoring the base model") as status:
+        base_scores = cached_scores(output / "scores" / "base.json", lambda: _score(base, None, examples, batch_size))
+        scores: dict[Cell, dict[str, dict[str, list[float]]]] = {}
+        for number, cell in enumerate(grid, 1):
+            run_dir = _ensure_run(cell, base, options, output / "runs", status, f"[{number}/{len(grid)}]")
+            spec = cell_spec(base, cell, output / "runs", options.steps)
+            status.update(f"[{number}/{len(grid)}] scoring {cell.name}")
+            scores[cell] = cached_scores(output / "scores" / f"{cell.name}.json", lambda: _score(spec, run_dir, examples, batch_size))
+    return _report(base, options, output, base_scores, scores, console, title, notes)
 
 
-def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, console: Console) -> Path:
+def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, status: Any, counter: str) -> Path:
     """The finished run directory of `cell`: trained, resumed, or POME-edited as needed."""
     run_dir = runs / cell.name
     if (run_dir / "model" / "config.json").is_file():
@@ -81,14 +89,14 @@ def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, 
     if cell.method == POME:
         from sift_cli.pome import pome_run
 
-        console.print(f"POME edit of {Cell('muon', cell.lr, cell.seed).name}")
+        status.update(f"{counter} POME edit of {Cell('muon', cell.lr, cell.seed).name}")
         pome_run(runs / Cell("muon", cell.lr, cell.seed).name, run_dir, options.pome_rank_fraction, console=quiet)
         return run_dir
     from sift_cli.train import train
 
     spec = cell_spec(base, cell, runs, options.steps)
     resume = (run_dir / "spec.yaml").is_file()
-    console.print(f"{'resuming' if resume else 'training'} {cell.name}")
+    status.update(f"{counter} {'resuming' if resume else 'training'} {cell.name}")
     train(spec, console=quiet, resume=resume)
     return run_dir
 
@@ -100,7 +108,10 @@ def _score(spec: RunSpec, run_dir: Path | None, examples: Any, batch_size: int) 
     return score_model(model, tokenizer, spec, examples, batch_size)
 
 
-def _report(base: RunSpec, options: CompareOptions, output: Path, base_scores: Any, scores: dict[Cell, Any], console: Console) -> dict[str, Any]:
+def _report(
+    base: RunSpec, options: CompareOptions, output: Path, base_scores: Any, scores: dict[Cell, Any], console: Console,
+    title: str | None, notes: tuple[str, ...],
+) -> dict[str, Any]:  # fmt: skip
     by_config: dict[tuple[str, float], list[Any]] = {}
     for cell, value in scores.items():
         by_config.setdefault(cell.config, []).append(value)
@@ -121,7 +132,7 @@ def _report(base: RunSpec, options: CompareOptions, output: Path, base_scores: A
     write_csv(output / "results.csv", results_rows(rows, tests))
     files += pareto(output / "pareto", _pareto_points(base_scores, by_config, choices))
     files += curves(output / "curves", {method: _mean_curve(output / "runs", method, choices[method].lr, options.seeds) for method in choices})
-    summary = {
+    record = {
         "app": base.app,
         "rule": f"per method, the lr with the highest validation {CONSTRAINT} among those whose validation {UTILITY} "
         f"is within log(1 + {options.utility_tolerance}) of the base model's ({base_utility:.4g}); else the lr with the lowest {UTILITY}",
@@ -131,14 +142,18 @@ def _report(base: RunSpec, options: CompareOptions, output: Path, base_scores: A
         "reference": options.reference,
         "seeds": options.seeds,
     }
-    write_json(output / "compare.json", summary)
-    title = f"{base.app}: chosen on validation, reported on test ({len(options.seeds)} seed{'s' if len(options.seeds) > 1 else ''})"
-    console.print(results_table(title, rows, choices, options.reference, tests))
+    write_json(output / "compare.json", record)
+    seeds = f"{len(options.seeds)} seed{'s' if len(options.seeds) > 1 else ''}"
+    caption = [f"lr chosen on validation, reported on test ({seeds}); 95% intervals; Δ vs {options.reference} on the "
+               "same test examples, * significant; NLL in nats per token (perplexity = exp NLL)"]  # fmt: skip
     unqualified = [method for method, choice in choices.items() if not choice.qualified]
     if unqualified:
-        console.print(f"(!) no learning rate of {', '.join(unqualified)} kept validation retain perplexity within {options.utility_tolerance:.0%} of the base model's")
-    console.print(f"NLL in nats per token (perplexity = exp NLL); files in {output}: {', '.join(p.name for p in files)}, compare.json")
-    return summary
+        caption.append(f"(!) no lr of {', '.join(unqualified)} kept validation retain perplexity within {options.utility_tolerance:.0%} of base")
+    table = results_table(title or f"{base.app}: {', '.join(options.grid)}", rows, choices, tests)
+    table.caption = "\n".join([*caption, *notes])
+    console.print(table)
+    summary(console, f"compared {len(scores)} runs ({', '.join(p.name for p in files)}, compare.json)", output)
+    return record
 
 
 def _pareto_points(base_scores: Any, by_config: dict[tuple[str, float], list[Any]], choices: dict[str, Choice]) -> list[dict[str, Any]]:

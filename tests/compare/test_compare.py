@@ -57,8 +57,11 @@ def test_a_tiny_comparison_runs_chooses_and_reports(tiny_model_dir, data_dir, tm
     scores = json.loads((output / "scores" / "base.json").read_text())
     assert scores["validation"]["forget_nll"] and scores["test"]["forget_nll"]
 
+    trained = {path: path.stat().st_mtime_ns for path in (output / "runs").glob("*/model/model.safetensors")}
     again = invoke(*args)
-    assert again.exit_code == 0 and "training" not in again.output
+    assert again.exit_code == 0
+    assert {path: path.stat().st_mtime_ns for path in trained} == trained, "a finished run was trained again"
+    assert len(trained) == 4
     other = invoke(*compare_args(tiny_model_dir, data_dir, output, "--method", "sift=0.1", "--method", "muon=0.02"))
     assert other.exit_code == 2 and "holds a different comparison" in other.output
 
