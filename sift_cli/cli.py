@@ -181,7 +181,7 @@ def compare(
     seeds: str = typer.Option("0", help="comma-separated training seeds"),
     steps: Optional[int] = typer.Option(None, help="optimizer steps per run (default: the base spec's)"),
     tasks: Optional[str] = typer.Option(None, help="comma-separated local MCQ files (or cloze:FILE), split into validation and test"),
-    tolerance: float = typer.Option(0.10, help="a learning rate qualifies while validation retain perplexity is within this share of the base model's"),
+    tolerance: float = typer.Option(0.10, help="a learning rate qualifies while the validation utility's perplexity (e.g. retain text's) is within this share of the base model's"),
     reference: str = typer.Option("muon", help="the method every other is tested against"),
     output: Path = typer.Option(..., "--output", "-o", help="the comparison directory (new, or an interrupted comparison to continue)"),
 ) -> None:

@@ -5,7 +5,12 @@ An app module exposes, at module level:
 - `DEFAULT_TRAINABLE`: regex of the parameters the app trains by default (the spec may override it);
 - `EVAL_TABLES`: the prepared tables its `evaluate` reads (a run copies them, so it is self-contained);
 - `build_objectives(model, tokenizer, spec, data) -> Objectives`;
-- `evaluate(model, tokenizer, spec, run, options) -> dict` (metrics, also written under run/eval/).
+- `evaluate(model, tokenizer, spec, run, options) -> dict` (metrics, also written under run/eval/);
+- for `sift compare`: `COMPARE_METRICS` (its per-example metrics, which one is the utility and which
+  the constraint, and their directions), `COMPARE_GRID` (default learning rates per method around its
+  CPU preset), `compare_examples(spec, data) -> {group: rows}` (the held-out examples, which compare
+  splits into validation and test) and `compare_scores(model, tokenizer, spec, groups, batch_size)
+  -> {metric: per-example scores}`.
 `prepare` functions are app-specific (their sources differ) and are called by the CLI.
 """
 
@@ -62,6 +67,44 @@ class Objectives:
     run that drops more than `data.max_dropped` of an objective's examples."""
 
 
+@dataclass(frozen=True)
+class Metric:
+    """One per-example score a comparison reports.
+
+    `binary` scores are 1.0/0.0 outcomes (answered right, refused), so paired tests between single
+    runs use McNemar's exact test on them; the others (per-example NLLs) use a paired bootstrap."""
+
+    name: str
+    label: str
+    higher_is_better: bool
+    binary: bool = False
+
+    @property
+    def arrow(self) -> str:
+        return "↑" if self.higher_is_better else "↓"
+
+
+@dataclass(frozen=True)
+class CompareMetrics:
+    """What `sift compare` chooses learning rates by: the constraint to push, subject to the utility.
+
+    The utility is a per-token NLL (lower is better), because the rule's tolerance is a perplexity
+    ratio: a rate qualifies while exp(utility) stays within (1 + tolerance) of the base model's.
+    `extra` metrics are reported with intervals and paired tests but take no part in the choice."""
+
+    utility: Metric
+    constraint: Metric
+    extra: tuple[Metric, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.utility.higher_is_better or self.utility.binary:
+            raise ValueError(f"the utility {self.utility.name} must be a per-token NLL (lower is better)")
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        return (self.utility, self.constraint, *self.extra)
+
+
 @dataclass
 class EvalOptions:
     """What `sift evaluate` asks of an app."""
@@ -86,9 +129,17 @@ class App(Protocol):
     Options: type[BaseModel]
     DEFAULT_TRAINABLE: str
     EVAL_TABLES: tuple[str, ...]
+    COMPARE_METRICS: CompareMetrics
+    COMPARE_GRID: dict[str, list[float]]
 
     def build_objectives(self, model: nn.Module, tokenizer: Any, spec: RunSpec, data: PreparedData) -> Objectives: ...
 
     def evaluate(
         self, model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions
     ) -> dict: ...
+
+    def compare_examples(self, spec: RunSpec, data: PreparedData) -> dict[str, list[Any]]: ...
+
+    def compare_scores(
+        self, model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int
+    ) -> dict[str, list[float]]: ...

@@ -61,3 +61,22 @@ def labelled_objectives(tokenizer: Any, f_data: Sequence[Any], g_data: Sequence[
         loss_f=loss_f,
         loss_g=loss_g,
     )
+
+
+@torch.no_grad()
+def per_example_nll(model: nn.Module, items: Sequence[dict[str, list[int]]], labels_key: str, pad_id: int, batch_size: int) -> list[float]:
+    """Mean NLL per labelled token of each item, one number per item (items without a labelled token must
+    be left out by the caller). Kept per item so that a comparison can resample items and pair two models
+    item by item."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    collate = label_collator(labels_key, pad_id)
+    scores: list[float] = []
+    for start in range(0, len(items), batch_size):
+        batch = {key: value.to(device) for key, value in collate(list(items[start : start + batch_size])).items()}
+        logps, mask = label_log_probs(model, batch)
+        counts = mask.sum(dim=1).tolist()
+        scores += [-chunk.double().mean().item() for chunk in torch.split(logps.cpu(), counts)]
+    model.train(was_training)
+    return scores

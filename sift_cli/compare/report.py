@@ -14,7 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from sift_cli.compare.select import CONSTRAINT, UTILITY, Choice
+from sift_cli.apps.base import CompareMetrics
+from sift_cli.compare.select import Choice
 from sift_cli.compare.stats import (
     Interval,
     PairedDifference,
@@ -27,9 +28,6 @@ from sift_cli.store.atomic import write_text, write_with
 Scores = list[dict[str, dict[str, list[float]]]]
 """One dict per seed: {split: {metric: per-example scores}}."""
 
-DIRECTION = {UTILITY: "lower is better", CONSTRAINT: "higher is better"}
-
-
 def stacked(scores: Scores, split: str, metric: str) -> np.ndarray:
     """(seeds, examples) scores of one metric."""
     return np.array([seed[split][metric] for seed in scores], dtype=np.float64)
@@ -39,28 +37,37 @@ def test_intervals(scores: Scores) -> dict[str, Interval]:
     return {metric: bootstrap_interval(stacked(scores, "test", metric)) for metric in scores[0]["test"]}
 
 
-def paired_test(ours: Scores, reference: Scores, metric: str) -> PairedDifference:
-    """McNemar on right/wrong answers of single runs; a paired bootstrap otherwise."""
+def is_binary(metric: str, metrics: CompareMetrics) -> bool:
+    """Whether a metric's per-example scores are 1/0 outcomes: MCQ answers, and the app's binary metrics."""
+    return metric.startswith("acc:") or any(m.binary for m in metrics.metrics if m.name == metric)
+
+
+def paired_test(ours: Scores, reference: Scores, metric: str, binary: bool) -> PairedDifference:
+    """McNemar on 1/0 outcomes (right/wrong, refused or not) of single runs; a paired bootstrap otherwise."""
     a, b = stacked(ours, "test", metric), stacked(reference, "test", metric)
-    if metric.startswith("acc:") and a.shape[0] == b.shape[0] == 1:
+    if binary and a.shape[0] == b.shape[0] == 1:
         return mcnemar_exact(a[0].astype(bool), b[0].astype(bool))
     return paired_bootstrap(a, b)
 
 
 def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dict[str, Choice],
-                  tests: dict[str, dict[str, PairedDifference]]) -> Table:  # fmt: skip
+                  tests: dict[str, dict[str, PairedDifference]], metrics: CompareMetrics) -> Table:  # fmt: skip
     """Mean and 95% interval per chosen configuration and metric, and its paired difference to the
-    reference method (marked * only when the test and the interval both say it differs)."""
-    metrics = list(next(iter(rows.values())))
+    reference method (marked * only when the test and the interval both say it differs). Columns: the
+    app's metrics in declared order (utility, constraint, the rest), then MCQ accuracies, each headed with
+    its test sample size."""
+    first = next(iter(rows.values()))
+    declared = [m.name for m in metrics.metrics if m.name in first]
+    names = declared + [name for name in first if name not in declared]
     table = Table(title=title, title_justify="left")
     table.add_column("model")
-    for metric in metrics:
-        table.add_column(column_label(metric), justify="right")
+    for metric in names:
+        table.add_column(f"{column_label(metric, metrics)}\nn={first[metric].n}", justify="right")
     for name, intervals in rows.items():
         choice = choices.get(name)
         label = name if choice is None else f"{name}\nlr {choice.lr:g}" + ("" if choice.qualified else " (!)")
         cells = []
-        for metric in metrics:
+        for metric in names:
             interval = intervals[metric]
             cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
             test = tests.get(name, {}).get(metric)
@@ -71,11 +78,13 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
     return table
 
 
-def column_label(metric: str) -> str:
-    """`forget_nll` -> "forget NLL", `acc:forget_mcq_cloze` -> "forget_mcq acc"."""
+def column_label(metric: str, metrics: CompareMetrics) -> str:
+    """The app's label with its direction (`forget_nll` -> "forget NLL ↑"); `acc:forget_mcq_cloze` ->
+    "forget_mcq acc"."""
     if metric.startswith("acc:"):
         return metric.removeprefix("acc:").removesuffix("_cloze") + " acc"
-    return metric.replace("_nll", " NLL")
+    declared = {m.name: m for m in metrics.metrics}.get(metric)
+    return metric if declared is None else f"{declared.label} {declared.arrow}"
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -97,9 +106,9 @@ def results_rows(rows: dict[str, dict[str, Interval]], tests: dict[str, dict[str
     return out
 
 
-def pareto(path: Path, points: list[dict[str, Any]]) -> list[Path]:
-    """Utility (x, retain NLL) against constraint (y, forget NLL) on validation, one point per configuration
-    with its interval, chosen points ringed; PNG and the CSV it was drawn from."""
+def pareto(path: Path, points: list[dict[str, Any]], metrics: CompareMetrics) -> list[Path]:
+    """Utility (x) against constraint (y) on validation, one point per configuration with its interval,
+    chosen points ringed; PNG and the CSV it was drawn from."""
     write_csv(path.with_suffix(".csv"), points)
     figure = Figure(figsize=(6.4, 4.8))
     FigureCanvasAgg(figure)
@@ -117,8 +126,9 @@ def pareto(path: Path, points: list[dict[str, Any]]) -> list[Path]:
             axes.annotate(f"{point['lr']:g}", (point["utility"], point["constraint"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for method in methods:
         axes.plot([], [], "o", color=colors[method], label=method)
-    axes.set_xlabel("retain NLL, validation (utility: lower is better)")
-    axes.set_ylabel("forget NLL, validation (constraint: higher is better)")
+    better = {True: "higher is better", False: "lower is better"}
+    axes.set_xlabel(f"{metrics.utility.label}, validation (utility: {better[metrics.utility.higher_is_better]})")
+    axes.set_ylabel(f"{metrics.constraint.label}, validation (constraint: {better[metrics.constraint.higher_is_better]})")
     axes.set_title("each configuration (lr labelled), chosen ones ringed")
     axes.legend(fontsize=8)
     figure.tight_layout()

@@ -17,8 +17,11 @@ import yaml
 from rich.console import Console
 
 from sift_cli.compare.grid import POME, Cell, CompareOptions, cell_spec, cells
+from sift_cli.apps import get_app
+from sift_cli.apps.base import CompareMetrics
 from sift_cli.compare.report import (
     curves,
+    is_binary,
     paired_test,
     pareto,
     results_rows,
@@ -28,7 +31,7 @@ from sift_cli.compare.report import (
     write_csv,
 )
 from sift_cli.compare.scores import build_examples, cached_scores, score_model
-from sift_cli.compare.select import CONSTRAINT, UTILITY, Choice, choose
+from sift_cli.compare.select import Choice, choose, rule_text
 from sift_cli.compare.stats import bootstrap_interval
 from sift_cli.errors import SiftError
 from sift_cli.output import summary
@@ -112,30 +115,32 @@ def _report(
     base: RunSpec, options: CompareOptions, output: Path, base_scores: Any, scores: dict[Cell, Any], console: Console,
     title: str | None, notes: tuple[str, ...],
 ) -> dict[str, Any]:  # fmt: skip
+    metrics: CompareMetrics = get_app(base.app).COMPARE_METRICS
     by_config: dict[tuple[str, float], list[Any]] = {}
     for cell, value in scores.items():
         by_config.setdefault(cell.config, []).append(value)
-    base_utility = float(np.mean(base_scores["validation"][UTILITY]))
+    base_utility = float(np.mean(base_scores["validation"][metrics.utility.name]))
     choices: dict[str, Choice] = {}
     for method in options.grid:
         by_lr = {lr: value for (name, lr), value in by_config.items() if name == method}
-        choices[method] = choose(method, by_lr, base_utility, options.utility_tolerance)
+        choices[method] = choose(method, by_lr, base_utility, options.utility_tolerance, metrics)
     chosen = {method: by_config[(method, choice.lr)] for method, choice in choices.items()}
     rows = {"base": test_intervals([base_scores]), **{method: test_intervals(value) for method, value in chosen.items()}}
     reference = chosen[options.reference]
     tests = {
-        method: {metric: paired_test(value, reference, metric) for metric in value[0]["test"]}
+        method: {metric: paired_test(value, reference, metric, is_binary(metric, metrics)) for metric in value[0]["test"]}
         for method, value in chosen.items()
         if method != options.reference
     }
     files = [output / "results.csv"]
     write_csv(output / "results.csv", results_rows(rows, tests))
-    files += pareto(output / "pareto", _pareto_points(base_scores, by_config, choices))
+    files += pareto(output / "pareto", _pareto_points(base_scores, by_config, choices, metrics), metrics)
     files += curves(output / "curves", {method: _mean_curve(output / "runs", method, choices[method].lr, options.seeds) for method in choices})
     record = {
         "app": base.app,
-        "rule": f"per method, the lr with the highest validation {CONSTRAINT} among those whose validation {UTILITY} "
-        f"is within log(1 + {options.utility_tolerance}) of the base model's ({base_utility:.4g}); else the lr with the lowest {UTILITY}",
+        "rule": rule_text(metrics, options.utility_tolerance, base_utility),
+        "metrics": {m.name: {"role": role, "higher_is_better": m.higher_is_better, "binary": m.binary}
+                    for m, role in zip(metrics.metrics, ("utility", "constraint", *["reported"] * len(metrics.extra)))},  # fmt: skip
         "choices": {method: vars(choice) for method, choice in choices.items()},
         "test": {name: {metric: vars(interval) for metric, interval in intervals.items()} for name, intervals in rows.items()},
         "paired_vs_reference": {method: {metric: {**vars(test), "significant": test.significant} for metric, test in found.items()} for method, found in tests.items()},
@@ -148,24 +153,29 @@ def _report(
                "same test examples, * significant; NLL in nats per token (perplexity = exp NLL)"]  # fmt: skip
     unqualified = [method for method, choice in choices.items() if not choice.qualified]
     if unqualified:
-        caption.append(f"(!) no lr of {', '.join(unqualified)} kept validation retain perplexity within {options.utility_tolerance:.0%} of base")
-    table = results_table(title or f"{base.app}: {', '.join(options.grid)}", rows, choices, tests)
+        caption.append(
+            f"(!) no lr of {', '.join(unqualified)} kept its validation {metrics.utility.label} within "
+            f"{options.utility_tolerance:.0%} of base in perplexity"
+        )
+    table = results_table(title or f"{base.app}: {', '.join(options.grid)}", rows, choices, tests, metrics)
     table.caption = "\n".join([*caption, *notes])
     console.print(table)
     summary(console, f"compared {len(scores)} runs ({', '.join(p.name for p in files)}, compare.json)", output)
     return record
 
 
-def _pareto_points(base_scores: Any, by_config: dict[tuple[str, float], list[Any]], choices: dict[str, Choice]) -> list[dict[str, Any]]:
-    points = [_point("base", 0.0, [base_scores], True)]
+def _pareto_points(
+    base_scores: Any, by_config: dict[tuple[str, float], list[Any]], choices: dict[str, Choice], metrics: CompareMetrics
+) -> list[dict[str, Any]]:
+    points = [_point("base", 0.0, [base_scores], True, metrics)]
     for (method, lr), value in sorted(by_config.items()):
-        points.append(_point(method, lr, value, choices[method].lr == lr))
+        points.append(_point(method, lr, value, choices[method].lr == lr, metrics))
     return points
 
 
-def _point(method: str, lr: float, scores: list[Any], chosen: bool) -> dict[str, Any]:
-    utility = bootstrap_interval(stacked(scores, "validation", UTILITY))
-    constraint = bootstrap_interval(stacked(scores, "validation", CONSTRAINT))
+def _point(method: str, lr: float, scores: list[Any], chosen: bool, metrics: CompareMetrics) -> dict[str, Any]:
+    utility = bootstrap_interval(stacked(scores, "validation", metrics.utility.name))
+    constraint = bootstrap_interval(stacked(scores, "validation", metrics.constraint.name))
     return {"method": method, "lr": lr, "chosen": chosen, "seeds": len(scores),
             "utility": utility.mean, "utility_low": utility.low, "utility_high": utility.high,
             "constraint": constraint.mean, "constraint_low": constraint.low, "constraint_high": constraint.high}  # fmt: skip

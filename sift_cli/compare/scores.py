@@ -1,10 +1,11 @@
 """Per-example scores of one model on the comparison's validation and test examples.
 
 Learning rates are chosen on validation and only the chosen runs are reported on test, so the two must
-never share an example: every held-out set is split once, by content, into two disjoint halves
-(`split_rows`), and each MCQ file into two files. Scores are kept per example (a text's mean NLL per
-token, a question's right/wrong) so that intervals can resample examples and two models can be paired
-example by example.
+never share an example: every group of held-out examples an app declares (`compare_examples`) is split
+once, by content, into two disjoint halves (`split_rows`), and each MCQ file into two files. Scores are
+kept per example (the app's `compare_scores`: a text's mean NLL per token, a prompt refused or not; a
+question's right/wrong) so that intervals can resample examples and two models can be paired example by
+example.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from sift_cli.apps import get_app
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.lmeval import CLOZE, task_correctness
 from sift_cli.spec import RunSpec
@@ -28,10 +28,15 @@ SPLITS = ("validation", "test")
 
 @dataclass(frozen=True)
 class Examples:
-    """The examples of one split: held-out texts per topic, and lm-eval MCQ task files."""
+    """The examples of one split: the app's held-out examples per group, and lm-eval MCQ task files."""
 
-    texts: dict[str, list[str]]
+    groups: dict[str, list[Any]]
     tasks: list[str]
+
+
+def example_key(example: Any) -> str:
+    """What decides an example's half: its text, or a JSON row's canonical form."""
+    return example if isinstance(example, str) else json.dumps(example, sort_keys=True)
 
 
 def split_rows(keys: list[str]) -> dict[str, list[int]]:
@@ -56,20 +61,17 @@ def split_rows(keys: list[str]) -> dict[str, list[int]]:
 
 def build_examples(spec: RunSpec, tasks: list[str], directory: Path) -> dict[str, Examples]:
     """The validation and test examples of a comparison, MCQ files split into `directory`."""
-    if spec.app != "unlearning":
-        raise SiftError(
-            f"sift compare scores held-out text per example, which the {spec.app} app does not provide yet; "
-            "compare unlearning runs, or compare the others with `sift evaluate` per run"
-        )
-    from sift_cli.apps.unlearning.app import heldout_texts
-
-    texts = heldout_texts(load_prepared(Path(spec.data.path), spec.app))
-    if set(texts) != {"forget", "retain"}:
-        raise SiftError(f"the prepared data at {spec.data.path} has no held-out forget and retain texts to compare on")
+    groups = get_app(spec.app).compare_examples(spec, load_prepared(Path(spec.data.path), spec.app))
     by_split: dict[str, Examples] = {split: Examples({}, []) for split in SPLITS}
-    for topic, rows in texts.items():
-        for split, indices in split_rows(rows).items():
-            by_split[split].texts[topic] = [rows[i] for i in indices]
+    for group, rows in groups.items():
+        halves = split_rows([example_key(row) for row in rows])
+        if not all(halves.values()):
+            raise SiftError(
+                f"the {spec.app} app's held-out {group} examples number {len(rows)}; a comparison needs at least two "
+                "(one for validation, one for test), and intervals need far more"
+            )
+        for split, indices in halves.items():
+            by_split[split].groups[group] = [rows[i] for i in indices]
     for task in tasks:
         for split, path in _split_task(task, directory).items():
             by_split[split].tasks.append(f"{CLOZE}{path}" if task.startswith(CLOZE) else str(path))
@@ -91,16 +93,15 @@ def _split_task(task: str, directory: Path) -> dict[str, Path]:
 
 
 def score_model(model: Any, tokenizer: Any, spec: RunSpec, examples: dict[str, Examples], batch_size: int) -> dict[str, dict[str, list[float]]]:
-    """{split: {metric: per-example scores}}: `<topic>_nll` (mean NLL per token of each text) and
-    `acc:<task>` (1.0 right, 0.0 wrong per question)."""
-    from sift_cli.apps.unlearning.app import text_nll
-
+    """{split: {metric: per-example scores}}: the app's metrics (`compare_scores`) and `acc:<task>`
+    (1.0 right, 0.0 wrong per question)."""
+    app = get_app(spec.app)
     scores: dict[str, dict[str, list[float]]] = {}
     for split, chosen in examples.items():
-        metrics: dict[str, list[float]] = {}
-        for topic, texts in chosen.texts.items():
-            nll, tokens = text_nll(model, tokenizer, texts, spec.data.max_length, batch_size)
-            metrics[f"{topic}_nll"] = (nll / np.maximum(tokens, 1)).tolist()
+        metrics = app.compare_scores(model, tokenizer, spec, chosen.groups, batch_size)
+        empty = [name for name, values in metrics.items() if not values]
+        if empty:
+            raise SiftError(f"the {split} half of the held-out data has no example to score {empty[0]} on; hold out more examples")
         if chosen.tasks:
             for name, correct in task_correctness(model, tokenizer, chosen.tasks, batch_size).items():
                 metrics[f"acc:{name.replace(f'_{split}', '', 1)}"] = correct.tolist()

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
 from sift_cli.errors import SiftError, first_line
 from sift_cli.evaluation import lmeval
 from sift_cli.output import summary
@@ -41,6 +41,11 @@ DEFAULT_TRAINABLE = r"layers\.(5|6|7)\.mlp\.down_proj"
 DEFAULT_TASKS = ["wmdp_bio", "wmdp_cyber", "mmlu"]
 COMPARE_GRID = {"adamw": [1e-3, 3e-3], "muon": [1e-2, 2e-2], "sift": [2e-2, 5e-2]}
 """`sift compare`'s default learning rates for the CPU preset: around each method's rate in sift_cli/demo."""
+COMPARE_METRICS = CompareMetrics(
+    utility=Metric("retain_nll", "retain NLL", higher_is_better=False),
+    constraint=Metric("forget_nll", "forget NLL", higher_is_better=True),
+)
+"""Per held-out text, mean NLL per token: forgetting raises it on forget text and should not on retain text."""
 
 CYBER_CORPUS = ("cais/wmdp-corpora", "cyber-forget-corpus", "train")
 WIKITEXT = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")
@@ -283,6 +288,23 @@ def text_nll(
     if not sums:
         return np.zeros(0), np.zeros(0)
     return torch.cat(sums).numpy(), torch.cat(counts).numpy()
+
+
+def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[str]]:
+    """The held-out forget and retain texts (`sift compare` splits each into validation and test)."""
+    texts = heldout_texts(data)
+    if set(texts) != {"forget", "retain"}:
+        raise SiftError(f"the prepared data at {data.path} has no held-out forget and retain texts to compare on")
+    return texts
+
+
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[str]], batch_size: int) -> dict[str, list[float]]:
+    """`forget_nll` and `retain_nll`: each held-out text's mean NLL per token."""
+    scores = {}
+    for topic, texts in groups.items():
+        nll, tokens = text_nll(model, tokenizer, texts, spec.data.max_length, batch_size)
+        scores[f"{topic}_nll"] = (nll / np.maximum(tokens, 1)).tolist()
+    return scores
 
 
 def heldout_texts(data: PreparedData) -> dict[str, list[str]]:
