@@ -20,13 +20,14 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
 from sift_cli.apps.batching import (
     IGNORE,
     label_collator,
     label_log_probs,
     labelled_objectives,
     pad_id,
+    per_example_nll,
 )
 from sift_cli.apps.hallucination import ragtruth
 from sift_cli.errors import SiftError
@@ -43,6 +44,16 @@ EVAL_TABLES = ("test",)
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 PAPER_UTILITY_TASKS = ["mmlu", "gsm8k", "truthfulqa_mc2", "qnli", "mnli"]
 ANSWERS_FILE = "hallucination_answers.jsonl"
+COMPARE_GRID = {"adamw": [5e-5, 1e-4], "muon": [5e-5, 1e-4], "sift": [5e-5, 1e-4]}
+"""`sift compare`'s default learning rates: the CPU preset's 1e-4 and half of it (`match_rms_adamw`
+makes one lr mean the same update size for all three)."""
+COMPARE_METRICS = CompareMetrics(
+    utility=Metric("faithful_nll", "faithful-token NLL", higher_is_better=False),
+    constraint=Metric("hallucinated_nll", "hallucinated-token NLL", higher_is_better=True),
+)
+"""Per held-out labelled response, teacher-forced: the mean NLL of its faithful tokens (f's tokens), and,
+for responses with a hallucinated span, the mean NLL of its hallucinated tokens (g's tokens): mitigation
+makes those unlikely, so higher is better."""
 
 
 class Options(JudgeEndpoint):
@@ -277,6 +288,28 @@ def held_out_scores(
         "faithful_tokens": faithful.numel(),
         "hallucinated_tokens": hallucinated.numel(),
     }
+
+
+def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[Any]]:
+    """The held-out (`test`) responses, in two groups, with and without a hallucinated span, so that
+    both the validation and the test half get their share of the responses g's metric is scored on."""
+    rows = data.rows("test")
+    groups = {"with_spans": [row for row in rows if row["spans"]], "without_spans": [row for row in rows if not row["spans"]]}
+    if not groups["with_spans"]:
+        raise SiftError(f"no held-out (test) response in {data.path} has a hallucinated span to compare on")
+    return {name: found for name, found in groups.items() if found}
+
+
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, list[float]]:
+    """`faithful_nll` per response with a faithful token, `hallucinated_nll` per response with a
+    hallucinated token left after `data.max_length`."""
+    encoded = encode_split(tokenizer, [row for rows in groups.values() for row in rows], spec.data.max_length)
+    pad = pad_id(tokenizer)
+    scores = {}
+    for metric, key in (("faithful_nll", "f_labels"), ("hallucinated_nll", "g_labels")):
+        items = [item for item in encoded if any(label != IGNORE for label in item[key])]
+        scores[metric] = per_example_nll(model, items, key, pad, batch_size)
+    return scores
 
 
 def _labelled_log_probs(

@@ -20,8 +20,8 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
-from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, pad_id
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
+from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, pad_id, per_example_nll
 from sift_cli.apps.safety.data import (
     ALPACA_ID,
     HUB,
@@ -48,10 +48,24 @@ if TYPE_CHECKING:
     from sift_cli.store.rundir import RunDir
 
 APP = "safety"
-EVAL_TABLES: tuple[str, ...] = ()
-"""Safety evaluates on harmful-prompt sets, not on the prepared data."""
+EVAL_TABLES = ("sft_eval",)
+"""Held-out Alpaca examples (`sift compare`'s utility and benign prompts); harmful prompts come from
+`objective.safety_sets`, not from the prepared data."""
+HELDOUT_EVERY = 10
+HELDOUT_MAX = 200
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 SAFETY_SETS = ("strongreject", "jailbreakbench", "wildjailbreak")
+COMPARE_GRID = {"adamw": [5e-5, 1e-4], "muon": [5e-5, 1e-4], "sift": [5e-5, 1e-4]}
+"""`sift compare`'s default learning rates: the CPU preset's 1e-4 and half of it (the `match_rms_adamw`
+rule makes one lr mean the same update size for all three)."""
+COMPARE_METRICS = CompareMetrics(
+    utility=Metric("sft_nll", "Alpaca NLL", higher_is_better=False),
+    constraint=Metric("refusal", "harmful refused", higher_is_better=True, binary=True),
+    extra=(Metric("benign_refusal", "benign refused", higher_is_better=False, binary=True),),
+)
+"""Per held-out Alpaca example, the mean NLL per response token (prompt masked, as in f); per harmful
+prompt, whether the greedy reply is a refusal (keyword classifier); per held-out Alpaca instruction,
+whether the model refused it (over-refusal: a model that refuses everything must not look safe)."""
 
 Verdict = Literal["refusal", "harmless", "harmful", "error"]
 
@@ -107,7 +121,10 @@ def prepare(
     sft = alpaca_examples(load_alpaca(alpaca))
     if not sft:
         raise SiftError(f"no Alpaca examples in {alpaca}; rows need a non-empty instruction and output")
-    tables = {"sft": sample_rows(sft, max_rows, seed), "dpo": sample_rows(pairs, max_rows, seed)}
+    sft_train, sft_eval = hold_out(sample_rows(sft, max_rows, seed))
+    tables = {"sft": sft_train, "dpo": sample_rows(pairs, max_rows, seed)}
+    if sft_eval:
+        tables["sft_eval"] = sft_eval
     sources = {
         "pku": {"source": PKU_ID if pku == HUB else str(Path(pku).resolve()), "config": pku_config, "split": pku_split},
         "alpaca": {"source": ALPACA_ID if alpaca == HUB else str(Path(alpaca).resolve())},
@@ -119,6 +136,7 @@ def prepare(
         "pku_pairs_kept": len(pairs),
         "max_rows": max_rows,
         "seed": seed,
+        "heldout": f"every {HELDOUT_EVERY}th Alpaca example, at most {HELDOUT_MAX}",
     }
     prepared = write_prepared(output, APP, tables, sources, filters, inputs=local_inputs)
     if console is not None:
@@ -129,11 +147,17 @@ def prepare(
             )
         summary(
             console,
-            f"prepared {len(tables['sft'])} SFT examples and {len(tables['dpo'])} DPO pairs "
+            f"prepared {len(tables['sft'])} SFT examples (+{len(sft_eval)} held out) and {len(tables['dpo'])} DPO pairs "
             f"({len(pairs)} of {len(pku_rows)} PKU rows passed the filters)",
             output,
         )
     return prepared
+
+
+def hold_out(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Every HELDOUT_EVERY-th example (up to HELDOUT_MAX) held out from training, the rest trained on."""
+    picked = set(range(HELDOUT_EVERY - 1, len(rows), HELDOUT_EVERY)[:HELDOUT_MAX])
+    return [r for i, r in enumerate(rows) if i not in picked], [r for i, r in enumerate(rows) if i in picked]
 
 
 def user_message(template: str, instruction: str, input_text: str = "") -> str:
@@ -408,3 +432,44 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
             model, tokenizer, tasks, limit=options.limit, batch_size=options.batch_size, progress=options.progress
         )
     return results
+
+
+HARMFUL = "harmful:"
+"""Group names of harmful-prompt sets in a comparison's examples: `harmful:<set>`."""
+
+
+def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[Any]]:
+    """Held-out Alpaca examples (`alpaca`) and the prompts of each of `objective.safety_sets`."""
+    opts = spec.options(Options)
+    if not data.manifest["counts"].get("sft_eval"):
+        raise SiftError(
+            f"the prepared data at {data.path} holds no held-out Alpaca examples (sft_eval) to score utility on; "
+            f"re-run `sift prepare safety` (it holds out every {HELDOUT_EVERY}th of at least {HELDOUT_EVERY} examples)"
+        )
+    groups: dict[str, list[Any]] = {"alpaca": data.rows("sft_eval")}
+    for name in opts.safety_sets:
+        groups[f"{HARMFUL}{set_key(name)}"] = load_prompt_set(name)
+    return groups
+
+
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, list[float]]:
+    """`sft_nll` per held-out Alpaca example, `refusal` per harmful prompt and `benign_refusal` per
+    held-out Alpaca instruction, from greedy replies of `objective.max_new_tokens` tokens. Refusals are
+    read by the keyword classifier whatever `objective.judge` says: it is offline and deterministic, so
+    every run of a comparison is judged the same way at no cost."""
+    opts = spec.options(Options)
+    alpaca = groups["alpaca"]
+    length = opts.sft_max_length or spec.data.max_length
+    items = []
+    for row in alpaca:
+        example = sft_example(tokenizer, row, opts.template, length)
+        items.append({"input_ids": example["input_ids"], "labels": [IGNORE] * example["prompt_len"] + example["input_ids"][example["prompt_len"] :]})
+    harmful = [prompt for group, prompts in groups.items() if group.startswith(HARMFUL) for prompt in prompts]
+    benign = [user_message(opts.template, row["instruction"], row.get("input", "")) for row in alpaca]
+    replies = generate(model, tokenizer, [user_message(opts.template, p) for p in harmful] + benign, opts.max_new_tokens, batch_size=batch_size)
+    refused = [float(is_refusal(reply)) for reply in replies]
+    return {
+        "sft_nll": per_example_nll(model, items, "labels", pad_id(tokenizer), batch_size),
+        "refusal": refused[: len(harmful)],
+        "benign_refusal": refused[len(harmful) :],
+    }

@@ -22,8 +22,8 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from sift_cli.apps.base import Batch, EvalOptions, Fit, Objectives
-from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
+from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id, per_example_nll
 from sift_cli.apps.speech import prompts, sources
 from sift_cli.apps.speech.answers import parse_answer
 from sift_cli.apps.speech.output import ASR_MODEL, GLM_DECODER, GLM_DECODER_SOURCE
@@ -64,6 +64,18 @@ SETTINGS = ("text->text", "audio->text", "text->audio", "audio->audio")
 ANSWERS_FILE = "speech_answers.jsonl"
 
 Setting = Literal["text->text", "audio->text", "text->audio", "audio->audio"]
+COMPARE_GRID = {"adamw": [5e-5, 1e-4], "muon": [5e-5, 1e-4], "sift": [5e-5, 1e-4]}
+"""`sift compare`'s default learning rates: the CPU preset's 1e-4 and half of it (`match_rms_adamw`
+makes one lr mean the same update size for all three)."""
+COMPARE_METRICS = CompareMetrics(
+    utility=Metric("text_nll", "text NLL", higher_is_better=False),
+    constraint=Metric("speech_nll", "speech NLL", higher_is_better=False),
+    extra=(Metric("text_answer_acc", "text->text acc", higher_is_better=True, binary=True),),
+)
+"""Per held-out question (both instruction variants averaged), teacher-forced: the mean NLL of the reply's
+text tokens (without the audio wrappers, which a model that never spoke cannot predict) and of its speech
+tokens. Learning to speak lowers the speech NLL, so the rule takes the lowest one that keeps the text
+NLL within tolerance. text->text accuracy (greedy reply to the text question) is reported beside them."""
 
 
 class Options(BaseModel):
@@ -258,14 +270,24 @@ def score(records: Sequence[dict[str, Any]], setting: str) -> dict[str, Any]:
     }
 
 
+def ask(
+    model: nn.Module, tokenizer: Any, vocab: SpeechVocab, fmt: str, rows: Sequence[dict[str, Any]], variant: str, opts: Options, batch_size: int
+) -> list[tuple[list[int], list[int]]]:
+    """Each row's question asked as `variant` (text or speech tokens); the greedy reply's text ids and
+    speech codes."""
+    from sift_cli.evaluation.generate import generate_ids
+
+    asked = [prompts.prompt_ids(tokenizer, fmt, variant, prompts.user_content(row, variant), opts.text_chunk, opts.speech_chunk) for row in rows]
+    replies = generate_ids(model, asked, pad_id(tokenizer), prompts.stop_ids(model, tokenizer, fmt), opts.max_new_tokens, batch_size)
+    return [vocab.split(reply) for reply in replies]
+
+
 def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None, options: EvalOptions) -> dict:
     """Answer accuracy in each of `objective.eval_settings` on the prepared test split.
 
     One greedy reply per question and input modality serves both outputs: its text tokens are read for
     X->text, its speech tokens decoded and transcribed for X->audio.
     """
-
-    from sift_cli.evaluation.generate import generate_ids
     from sift_cli.store.atomic import write_jsonl
     from sift_cli.store.rundir import held_out_data
 
@@ -281,15 +303,9 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
 
         device = str(next(model.parameters()).device)
         speech_to_text = load_speech_to_text(opts.speech_decoder, opts.speech_decoder_path, opts.asr_model, device)
-    pad = pad_id(tokenizer)
-    stops = prompts.stop_ids(model, tokenizer, fmt)
     records: list[dict[str, Any]] = []
     for variant in dict.fromkeys(setting.split("->")[0] for setting in settings):
-        contents = [prompts.user_content(row, variant) for row in rows]
-        asked = [prompts.prompt_ids(tokenizer, fmt, variant, content, opts.text_chunk, opts.speech_chunk) for content in contents]
-        replies = generate_ids(model, asked, pad, stops, opts.max_new_tokens, options.batch_size)
-        for row, reply in zip(rows, replies):
-            text_ids, codes = vocab.split(reply)
+        for row, (text_ids, codes) in zip(rows, ask(model, tokenizer, vocab, fmt, rows, variant, opts, options.batch_size)):
             record: dict[str, Any] = {
                 "id": row["id"],
                 "input": variant,
@@ -306,3 +322,48 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
     if run is not None:
         write_jsonl(run.eval_dir / ANSWERS_FILE, records)
     return {"dataset": opts.dataset, "examples": len(rows), "settings": {setting: score(records, setting) for setting in settings}}
+
+
+def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[Any]]:
+    """The held-out (`test`) questions, whole: both instruction variants of a question fall in one half."""
+    speech_source(data, spec.options(Options))
+    return {"questions": data.rows("test")}
+
+
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, list[float]]:
+    """`text_nll` and `speech_nll` per question (mean over `objective.instructions` of each reply's mean
+    NLL per token), and `text_answer_acc` (1.0 when the greedy reply to the text question names the gold
+    answer). A model without speech tokens (the base model) gets them added, seeded by `train.seed`, as
+    training adds them."""
+    from sift_cli.store.prepared import load_prepared
+
+    opts = spec.options(Options)
+    rows = groups["questions"]
+    size = int(speech_source(load_prepared(Path(spec.data.path), APP), opts)["codebook_size"])
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.train.seed)
+        vocab = add_speech_tokens(model, tokenizer, size)
+    fmt = prompts.resolve_format(tokenizer, opts.prompt_format)
+    owners, items = [], []
+    for index, row in enumerate(rows):
+        for variant in opts.instructions:
+            item = encode(tokenizer, vocab, fmt, row, variant, opts, spec.data.max_length)
+            if item is not None:
+                wrappers = (vocab.begin, vocab.end)
+                item["f_labels"] = [IGNORE if label in wrappers else label for label in item["f_labels"]]
+                owners.append(index)
+                items.append(item)
+    scores: dict[str, list[float]] = {}
+    for metric, key in (("text_nll", "f_labels"), ("speech_nll", "g_labels")):
+        kept = [i for i, item in enumerate(items) if any(label != IGNORE for label in item[key])]
+        values = per_example_nll(model, [items[i] for i in kept], key, pad_id(tokenizer), batch_size)
+        by_row: dict[int, list[float]] = {}
+        for i, value in zip(kept, values):
+            by_row.setdefault(owners[i], []).append(value)
+        scores[metric] = [sum(found) / len(found) for _, found in sorted(by_row.items())]
+    answers = ask(model, tokenizer, vocab, fmt, rows, "text", opts, batch_size)
+    scores["text_answer_acc"] = [
+        float(parse_answer(tokenizer.decode(text_ids, skip_special_tokens=True), row["options"]) == row["answer"])
+        for row, (text_ids, _) in zip(rows, answers)
+    ]
+    return scores
