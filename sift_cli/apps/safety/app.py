@@ -55,9 +55,9 @@ HELDOUT_EVERY = 10
 HELDOUT_MAX = 200
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
 SAFETY_SETS = ("strongreject", "jailbreakbench", "wildjailbreak")
-COMPARE_GRID = {"adamw": [5e-5, 1e-4], "muon": [5e-5, 1e-4], "sift": [5e-5, 1e-4]}
-"""`sift compare`'s default learning rates: the CPU preset's 1e-4 and half of it (the `match_rms_adamw`
-rule makes one lr mean the same update size for all three)."""
+COMPARE_GRID = {"adamw": [1e-4, 3e-4], "muon": [1e-4, 3e-4], "sift": [1e-4, 3e-4]}
+"""`sift compare`'s default learning rates: the CPU preset's 1e-4 and 3x it, since comparisons run
+fewer steps than the preset (`match_rms_adamw` makes one lr mean the same update size for all three)."""
 COMPARE_METRICS = CompareMetrics(
     utility=Metric("sft_nll", "Alpaca NLL", higher_is_better=False),
     constraint=Metric("refusal", "harmful refused", higher_is_better=True, binary=True),
