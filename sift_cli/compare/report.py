@@ -17,6 +17,7 @@ from rich.table import Table
 from sift_cli.apps.base import CompareMetrics
 from sift_cli.compare.select import Choice
 from sift_cli.compare.stats import (
+    RESAMPLES,
     Interval,
     PairedDifference,
     bootstrap_interval,
@@ -72,7 +73,9 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
             cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
             test = tests.get(name, {}).get(metric)
             if test is not None:
-                cell += f"\nΔ {test.difference:+.2g} p={test.p_value:.2g}{' *' if test.significant else ''}"
+                # a bootstrap p of 0 means no resample crossed zero: below its resolution, not zero
+                p_text = f"p<{2 / RESAMPLES:.0g}" if test.p_value == 0.0 else f"p={test.p_value:.2g}"
+                cell += f"\nΔ {test.difference:+.2g} {p_text}{' *' if test.significant else ''}"
             cells.append(cell)
         table.add_row(label, *cells)
     return table
