@@ -52,7 +52,7 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
     """Mean and 95% interval per chosen configuration and metric, and its paired difference to the
     reference method (marked * only when the test and the interval both say it differs)."""
     metrics = list(next(iter(rows.values())))
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", caption_justify="left")
     table.add_column("model")
     for metric in metrics:
         table.add_column(column_label(metric), justify="right")
@@ -61,11 +61,15 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
         label = name if choice is None else f"{name}\nlr {choice.lr:g}" + ("" if choice.qualified else " (!)")
         cells = []
         for metric in metrics:
-            interval = intervals[metric]
-            cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
-            test = tests.get(name, {}).get(metric)
+            interval, test = intervals[metric], tests.get(name, {}).get(metric)
+            if metric.startswith("acc:"):
+                cell = f"{interval.mean:.0%}\n[{interval.low:.0%}, {interval.high:.0%}]"
+                change = f"{100 * test.difference:+.0f} pts" if test is not None else ""
+            else:
+                cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
+                change = f"{test.difference:+.2g}" if test is not None else ""
             if test is not None:
-                cell += f"\nΔ {test.difference:+.2g} p={test.p_value:.2g}{' *' if test.significant else ''}"
+                cell += f"\nΔ {change} p={test.p_value:.2g}{' *' if test.significant else ''}"
             cells.append(cell)
         table.add_row(label, *cells)
     return table
