@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .config import OptimizerConfig, ScaleRule
-from .direction import combine_subspaces, sift_direction, top_k_tracked
+from .direction import WarmStart, combine_subspaces, sift_direction, top_k_tracked
 from .linalg import alignment, msign
 from .routing import Block, Route, route_parameters
 from .updates import adamw_update, blur_combine
@@ -23,13 +23,27 @@ Branch = Literal["sift", "muon", "adamw"]
 @dataclass(frozen=True)
 class BlockReport:
     """One gated block (a parameter, or a row slice `name[label]` of a fused one). tau_momentum is nan
-    for AdamW-routed parameters, which keep no per-objective momenta."""
+    for AdamW-routed parameters, which keep no per-objective momenta.
+
+    subspace_error: on the SIFT branch, the larger of the two momenta's estimated relative errors of the
+    top-k direction (0.0 when exact), nan on other branches; subspace_fallback: the tolerance was out of
+    reach for at least one momentum and the exact decomposition was taken."""
 
     name: str
     shape: tuple[int, ...]
     tau_grad: float
     tau_momentum: float
     branch: Branch
+    subspace_error: float = math.nan
+    subspace_fallback: bool = False
+
+
+class SubspaceQuality(NamedTuple):
+    """How exact a block's SIFT direction is: the worse momentum's error estimate (nan: no SIFT step)
+    and whether the exact decomposition had to be taken."""
+
+    error: float = math.nan
+    fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,36 +162,42 @@ class SiftOptimizer(torch.optim.Optimizer):
             tau_grad = alignment(grad_f[rows], grad_g[rows])
             tau_m = alignment(m_f[rows], m_g[rows])
             tau = tau_grad if cfg.tau_source == "grad" else tau_m
+            quality = SubspaceQuality()
             if cfg.method == "sift" and route.candidate and tau < cfg.eps:
-                direction = self._sift_direction(state, block.suffix, m_f[rows], m_g[rows])
+                direction, quality = self._sift_direction(state, block.suffix, m_f[rows], m_g[rows])
                 branch: Branch = "sift"
             else:
                 direction = msign(cfg.lam * m_f[rows] + m_g[rows])
                 branch = "muon"
             work[rows].add_(direction.to(torch.float32), alpha=-lr * spectral_scale(block.shape, cfg.scale_rule))
-            reports.append(BlockReport(block.name, block.shape, tau_grad, tau_m, branch))
+            reports.append(BlockReport(block.name, block.shape, tau_grad, tau_m, branch, *quality))
         if work is not p.data:
             p.data.copy_(work)
         return reports
 
-    def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> Tensor:
-        """SIFT direction of one block; the fast path keeps a per-block, per-objective basis cache
-        (state keys basis_f, basis_g, basis_step, each followed by the block's `suffix`).
+    def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> tuple[Tensor, SubspaceQuality]:
+        """SIFT direction of one block and how exact it is; the fast path keeps, per block and
+        objective, its last answer's left vectors and right basis (state keys left_f/basis_f,
+        left_g/basis_g, each followed by the block's `suffix`).
 
-        A cache is "fresh" when it was refreshed at the previous step; an older one (the block took the
-        Muon branch meanwhile) still beats a random start but gets the cold number of power iterations."""
+        A cache left from an older step (the block took the Muon branch meanwhile) is still the best
+        start: the adaptive iteration runs as long as its error estimate needs."""
         cfg = self.cfg
         if cfg.exact:
-            return sift_direction(m_f, m_g, cfg.k, exact=True)
-        fresh = state.get(f"basis_step{suffix}") == state["step"] - 1
-        tops = []
-        for key, m in (("basis_f", m_f), ("basis_g", m_g)):
-            top, basis = top_k_tracked(m, cfg.k, state.get(key + suffix), fresh, cfg.subspace)
-            if basis is not None:
-                state[key + suffix] = basis
-            tops.append(top)
-        state[f"basis_step{suffix}"] = state["step"]
-        return combine_subspaces(*tops)
+            return sift_direction(m_f, m_g, cfg.k, exact=True), SubspaceQuality(0.0, False)
+        found = []
+        for objective, m in (("f", m_f), ("g", m_g)):
+            left_key, right_key = f"left_{objective}{suffix}", f"basis_{objective}{suffix}"
+            warm = WarmStart(state[left_key], state[right_key]) if left_key in state and right_key in state else None
+            tracked = top_k_tracked(m, cfg.k, warm, cfg.subspace, cfg.subspace_tol)
+            if tracked.warm is None:
+                state.pop(left_key, None)
+                state.pop(right_key, None)
+            else:
+                state[left_key], state[right_key] = tracked.warm
+            found.append(tracked)
+        quality = SubspaceQuality(max(t.error for t in found), any(t.fallback for t in found))
+        return combine_subspaces(*(t.top for t in found)), quality
 
     @torch.no_grad()
     def momentum_singular_values(self, names: list[str] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
