@@ -269,12 +269,24 @@ def demo(
 @user_errors
 def bench_engine(
     k: int = typer.Option(128, "--k", help="top-K subspace size"),
+    stream: list[str] = typer.Option(
+        ["training", "drifting"],
+        help="momentum streams: 'training' (SmolLM2-135M trained on the unlearning CPU preset, about a "
+        "minute on CPU) and/or 'drifting' (rotating low-rank signal plus noise, per block shape)",
+    ),
+    steps: int = typer.Option(30, help="steps per stream"),
+    tol: Optional[float] = typer.Option(None, help="optim.subspace_tol (default: the engine's)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
 ) -> None:
-    """Per-step optimizer time of AdamW, Muon, exact and fast SIFT, as ratios to Muon."""
-    from sift_cli.bench import run_engine_bench
+    """Fast SIFT direction along momentum streams: error vs exact (median, p95, max) and time vs Muon."""
+    from sift_cli.bench import STREAMS, run_engine_bench
 
-    run_engine_bench(k=k, device=device, console=console)
+    unknown = [name for name in stream if name not in STREAMS]
+    if unknown:
+        raise SiftError(f"--stream {unknown[0]!r}: expected one of {', '.join(STREAMS)}")
+    if steps < 1:
+        raise SiftError(f"--steps {steps} must be at least 1")
+    run_engine_bench(k=k, streams=stream, steps=steps, tol=tol, device=device, console=console)
 
 
 @bench_app.command("toy")

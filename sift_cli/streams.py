@@ -104,7 +104,7 @@ TRAINABLE = r"layers\.(3|4|5)\.(self_attn|mlp)\.\w+_proj"
 def training_streams(
     steps: int = 40,
     blocks: Sequence[str] = TRAINING_BLOCKS,
-    console: Console | None = None,
+    device: str = "auto",
 ) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
     """Per training step, {block name: (G_f, G_g)}: the gradients each objective produced for the block.
 
@@ -122,10 +122,10 @@ def training_streams(
         spec = resolve_spec(
             app="unlearning",
             preset="unlearning_cpu",
-            overrides={"data.path": str(data), "output": str(Path(tmp) / "run"), "train.steps": steps},
+            overrides={"data.path": str(data), "output": str(Path(tmp) / "run"), "train.steps": steps, "train.device": device},
             assignments=[f"train.trainable={TRAINABLE}"],
         )
-        trainer = Trainer(spec, RunDir(Path(tmp) / "run"), console or Console(quiet=True))
+        trainer = Trainer(spec, RunDir(Path(tmp) / "run"), Console(quiet=True))
         params = dict(trainer.named)
         missing = [name for name in blocks if name not in params]
         if missing:
