@@ -25,6 +25,7 @@ from .linalg import (
     leading,
     pseudo_polar,
     pseudo_polar_reference,
+    rank_tolerance,
     sketch_width,
     subspace_iteration_step,
     top_k_gram,
@@ -87,14 +88,16 @@ def subspace_estimate(previous: TopK, current: RitzStep, k: int) -> tuple[float,
     iteration; the Ritz values give rho ~ (s_w/s_k)^2. With e_i = rho e_{i-1}, the change between two
     iterates is (1 - rho) e_{i-1}, so e_i = change * rho / (1 - rho). On flat spectra rho -> 1 and the
     estimate grows without bound: the top-k subspace is ill-defined there and no iteration count fixes
-    that. Along real SmolLM2 momentum streams the largest estimate and the largest true error of the
-    accepted directions agree within ~15% (`sift bench engine`). One host transfer for both numbers."""
-    top = leading(current.top, k, (current.top.u.shape[0], current.top.v.shape[0]))
-    if top.s.numel() == 0:
-        return 0.0, 0.0
-    rho_t = (current.s[-1] / current.s[top.s.numel() - 1]).square()
-    change, rho = torch.stack([direction_change(previous, top), rho_t.to(current.s.dtype)]).tolist()
-    if not math.isfinite(rho) or rho >= 1.0:
+    that. A momentum whose numerical rank is below k gets an infinite estimate too (its Ritz vectors
+    past the rank are noise): the exact path keeps only the rank. Along real SmolLM2 momentum streams the
+    largest estimate and the largest true error of the accepted directions agree within ~15%
+    (`sift bench engine`). All three numbers come back in one host transfer."""
+    s = current.s
+    tol = rank_tolerance((current.top.u.shape[0], current.top.v.shape[0])) * s[0]
+    rank_short = (s[k - 1] <= tol).to(s.dtype)
+    rho_t = (s[-1] / s[k - 1].clamp_min(torch.finfo(s.dtype).tiny)).square()
+    change, rho, short = torch.stack([direction_change(previous, current.top), rho_t, rank_short]).tolist()
+    if short or not math.isfinite(rho) or rho >= 1.0:
         return math.inf, 1.0
     return change * rho / (1.0 - rho), rho
 
@@ -107,23 +110,23 @@ def top_k_adaptive(m: Tensor, k: int, start: Tensor, tol: float, last: TopK | No
     takes top_k_gram, whose leading vectors of the iterate's width become the next warm start.
     `last`, the previous step's answer that `start` came from, lets the first iteration already give
     up (its change from `last` mixes the momentum's drift into the estimate, which is only safe in that
-    direction: acceptance always compares two iterates of this momentum)."""
-    shape = tuple(m.shape)
+    direction: acceptance always compares two iterates of this momentum). One host transfer per
+    iteration."""
     previous, done = None, 0
     while done < MAX_ITERATIONS:
         current = subspace_iteration_step(m, start, k)
         done += 1
         start = current.span
         reference = previous if previous is not None else last
-        error, rho = (math.inf, 0.0) if reference is None else subspace_estimate(reference, current, k)
-        if previous is not None and error <= tol:
-            top = leading(current.top, k, shape)
-            return TrackedTopK(top, WarmStart(top.u, current.right_basis()), error, False, done)
-        if error < math.inf and error * rho ** (MAX_ITERATIONS - done) > tol:
-            break
+        if reference is not None:
+            error, rho = subspace_estimate(reference, current, k)
+            if previous is not None and error <= tol:
+                return TrackedTopK(current.top, WarmStart(current.top.u, current.right_basis()), error, False, done)
+            if error * rho ** (MAX_ITERATIONS - done) > tol:
+                break
         previous = current.top
     exact = top_k_gram(m, start.shape[1])
-    top = leading(exact, k, shape)
+    top = leading(exact, k, tuple(m.shape))
     warm = WarmStart(top.u, exact.v) if exact.s.numel() == start.shape[1] else None
     return TrackedTopK(top, warm, 0.0, True, done)
 
@@ -164,14 +167,15 @@ def top_k_tracked(
     iterations for the same tolerance. Either way the exact top_k_gram when k is None or the sketch is
     not narrower than min(m, n) (there an iteration would cost as much as the exact answer).
     """
-    if not _sketch_pays(m.shape, k):
+    if k is None or not _sketch_pays(m.shape, k):
         return TrackedTopK(top_k_gram(m, k), None, 0.0, False, 0)
-    assert k is not None
     width = warm_sketch_width(k)
     usable = subspace == "auto" and warm is not None and warm.right.shape == (m.shape[1], width)
     if usable:
-        previous = TopK(warm.left, warm.left.new_ones(warm.left.shape[1]), warm.right[:, : warm.left.shape[1]])
-        found = top_k_adaptive(m, k, warm.right, tol, last=previous)
+        rank = warm.left.shape[1]
+        # The estimate compares directions only; the last answer's singular values are not kept.
+        last = TopK(warm.left, warm.left.new_ones(rank), warm.right[:, :rank])
+        found = top_k_adaptive(m, k, warm.right, tol, last)
     else:
         found = top_k_adaptive(m, k, gaussian_start(m, sketch_width(k)), tol)
     if subspace == "randomized" or found.warm is None:
