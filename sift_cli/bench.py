@@ -1,41 +1,27 @@
-"""Benchmarks of the engine: per-step cost on realistic block shapes, and a toy constrained problem."""
+"""Benchmarks of the engine: the SIFT direction's error and cost along momentum streams, and a toy constrained problem."""
 
 from __future__ import annotations
 
 import copy
 import math
-import statistics
-from collections.abc import Sequence
-from dataclasses import replace
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from .engine import (
-    OptimizerConfig,
-    SiftOptimizer,
-    sift_direction,
-    sift_direction_reference,
-    spectral_scale,
-)
+from .engine import OptimizerConfig, SiftOptimizer, msign, sift_direction, sift_direction_reference
+from .engine.direction import TrackedTopK, WarmStart, combine_subspaces, top_k_tracked
+from .streams import NesterovMomenta, drifting_stream, training_streams
 
-CPU_SHAPES: tuple[tuple[int, int], ...] = ((576, 1536), (1024, 1024), (1024, 2816))
+CPU_SHAPES: tuple[tuple[int, int], ...] = ((576, 1536), (1536, 576), (576, 576), (192, 576))
+"""SmolLM2-135M's block shapes: down_proj, gate/up_proj, q/o_proj, k/v_proj."""
 CUDA_SHAPES: tuple[tuple[int, int], ...] = ((4096, 4096), (4096, 14336))
-BENCH_TAU = -0.6
-"""Alignment of the two synthetic gradient streams: every block is in conflict (tau < eps = -0.1)."""
-BENCH_NOISE = 0.1
-"""Per-step gradient noise relative to the signal's RMS: the top subspaces of the momenta drift slowly,
-as in training, so the warm-start cache is exercised the way a training run exercises it."""
-
-
-def decaying_matrix(m: int, n: int, gen: torch.Generator, device: torch.device | str) -> Tensor:
-    """U diag(1/i) V^T with Haar-random U, V: the hard case for a top-k subspace (sigma_k ~ sigma_k+1)."""
-    r = min(m, n)
-    u = torch.linalg.qr(torch.randn(m, r, generator=gen, device=device)).Q
-    v = torch.linalg.qr(torch.randn(n, r, generator=gen, device=device)).Q
-    return (u / torch.arange(1, r + 1, device=device)) @ v.mT
+STREAMS = ("training", "drifting")
 
 
 def released_code_direction(m_f: Tensor, m_g: Tensor, k: int | None) -> Tensor:
@@ -49,142 +35,172 @@ def released_code_direction(m_f: Tensor, m_g: Tensor, k: int | None) -> Tensor:
     return (pu @ qu) @ (pv @ qv).mT
 
 
-class ReleasedCodeOptimizer(SiftOptimizer):
-    """SiftOptimizer whose SIFT branch runs released_code_direction, for timing comparisons only."""
-
-    def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> Tensor:
-        return released_code_direction(m_f, m_g, self.cfg.k)
-
-
-class _GradientStream:
-    """Conflicting (G_f, G_g) per step: fixed 1/i-spectrum signals plus fresh Gaussian noise."""
-
-    def __init__(self, m: int, n: int, device: torch.device, seed: int) -> None:
-        gen = torch.Generator(device=device).manual_seed(seed)
-        self.signal_f = decaying_matrix(m, n, gen, device)
-        other = decaying_matrix(m, n, gen, device)
-        self.signal_g = BENCH_TAU * self.signal_f + math.sqrt(1 - BENCH_TAU**2) * other
-        self.noise_std = BENCH_NOISE * float(self.signal_f.norm()) / math.sqrt(m * n)
-        self.gen = gen
-
-    def next(self) -> tuple[Tensor, Tensor]:
-        noise = torch.randn((2, *self.signal_f.shape), generator=self.gen, device=self.signal_f.device)
-        return self.signal_f + self.noise_std * noise[0], self.signal_g + self.noise_std * noise[1]
-
-
-def _bench_methods(k: int) -> dict[str, tuple[type[SiftOptimizer], OptimizerConfig]]:
-    base = OptimizerConfig(lr=1.0, k=k, eps=-0.1)
-    return {
-        "adamw": (SiftOptimizer, replace(base, method="adamw", lr=1e-3)),
-        "muon": (SiftOptimizer, replace(base, method="muon")),
-        "sift-exact": (SiftOptimizer, replace(base, exact=True)),
-        "sift-fast": (SiftOptimizer, base),
-        "released-code": (ReleasedCodeOptimizer, base),
-    }
-
-
-def _feed(opt: SiftOptimizer, p: nn.Parameter, g_f: Tensor, g_g: Tensor) -> None:
-    p.grad = g_f
-    opt.capture("f")
-    p.grad = g_g
-    opt.capture("g")
-
-
-def _next_momenta(state: dict, g_f: Tensor, g_g: Tensor, beta: float) -> tuple[Tensor, Tensor]:
-    """The Nesterov momenta the next step will use, computed outside the optimizer."""
-    return tuple(g + beta * (beta * state[key] + g) for key, g in (("momentum_f", g_f), ("momentum_g", g_g)))
-
-
-def _applied_direction(opt: SiftOptimizer, p: nn.Parameter, g_f: Tensor, g_g: Tensor) -> Tensor:
-    """Run one step from W = 0 (wd = 0) and read D back from W = -lr s D."""
-    p.data.zero_()
-    _feed(opt, p, g_f, g_g)
-    opt.step()
-    group = opt.param_groups[0]
-    return -p.data / (group["lr"] * spectral_scale(tuple(p.shape), opt.cfg.scale_rule))
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
 
 
 def _relative_error(d: Tensor, ref: Tensor) -> float:
     return float((d.double() - ref).norm() / ref.norm())
 
 
+@dataclass
+class _BlockTrace:
+    """Per-step measurements of one block along its momentum stream."""
+
+    stream: str
+    block: str
+    shape: tuple[int, int]
+    warm: dict[str, WarmStart | None] = field(default_factory=dict)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, list[float]] = field(default_factory=dict)
+    estimates: list[float] = field(default_factory=list)
+    fallbacks: int = 0
+    iterations: list[int] = field(default_factory=list)
+
+    def record(self, method: str, seconds: float, error: float | None = None) -> None:
+        self.seconds.setdefault(method, []).append(seconds)
+        if error is not None:
+            self.errors.setdefault(method, []).append(error)
+
+
+def _measure_step(trace: _BlockTrace, m_f: Tensor, m_g: Tensor, cfg: OptimizerConfig, device: torch.device) -> None:
+    """One step of every method on the same momenta, in the order a change of machine load hits alike;
+    errors against the float64 reference. The fast path keeps its warm start across steps, as in training."""
+    reference = sift_direction_reference(m_f, m_g, cfg.k)
+    _, muon = _timed(lambda: msign(cfg.lam * m_f + m_g), device)
+    trace.record("muon", muon)
+
+    def fast() -> tuple[Tensor, list[TrackedTopK]]:
+        found = [top_k_tracked(m, cfg.k, trace.warm.get(key), cfg.subspace, cfg.subspace_tol) for key, m in (("f", m_f), ("g", m_g))]
+        return combine_subspaces(*(t.top for t in found)), found
+
+    (direction, found), seconds = _timed(fast, device)
+    trace.record("sift-fast", seconds, _relative_error(direction, reference))
+    trace.warm = {key: t.warm for key, t in zip("fg", found)}
+    trace.estimates.append(max(t.error for t in found))
+    trace.fallbacks += sum(t.fallback for t in found)
+    trace.iterations += [t.iterations for t in found]
+    direction, seconds = _timed(lambda: sift_direction(m_f, m_g, cfg.k, exact=True), device)
+    trace.record("sift-exact", seconds, _relative_error(direction, reference))
+    direction, seconds = _timed(lambda: released_code_direction(m_f, m_g, cfg.k), device)
+    trace.record("released-code", seconds, _relative_error(direction, reference))
+
+
+def _drifting_traces(shapes: Sequence[tuple[int, int]], steps: int, cfg: OptimizerConfig, device: torch.device) -> list[_BlockTrace]:
+    traces = []
+    for m, n in shapes:
+        trace = _BlockTrace("drifting", f"{m}x{n}", (m, n))
+        for m_f, m_g in drifting_stream(m, n, steps, beta=cfg.momentum):
+            _measure_step(trace, m_f.to(device), m_g.to(device), cfg, device)
+        traces.append(trace)
+    return traces
+
+
+def _training_traces(steps: int, cfg: OptimizerConfig, device: torch.device, console: Console) -> list[_BlockTrace]:
+    traces: dict[str, _BlockTrace] = {}
+    momenta: dict[str, NesterovMomenta] = {}
+    console.print(f"training SmolLM2-135M for {steps} steps (unlearning CPU preset) to record its momenta ...")
+    for grads in training_streams(steps, device=device.type):
+        for name, (g_f, g_g) in grads.items():
+            m_f, m_g = momenta.setdefault(name, NesterovMomenta(cfg.momentum)).update(g_f, g_g)
+            label = name.removeprefix("model.").removesuffix(".weight")
+            trace = traces.setdefault(name, _BlockTrace("training", label, tuple(m_f.shape)))
+            _measure_step(trace, m_f, m_g, cfg, device)
+    return list(traces.values())
+
+
 def run_engine_bench(
-    shapes: Sequence[tuple[int, int]] | None = None,
     k: int = 128,
-    repeats: int = 5,
+    streams: Sequence[str] = STREAMS,
+    steps: int = 30,
+    shapes: Sequence[tuple[int, int]] | None = None,
+    tol: float | None = None,
     device: str | torch.device | None = None,
     console: Console | None = None,
-    warmup: int = 16,
-    seed: int = 0,
 ) -> list[dict]:
-    """Seconds per steady-state optimizer step of AdamW, Muon, exact SIFT, fast SIFT and the released
-    code's SIFT step on single blocks in conflict, as ratios to Muon measured in the same run.
+    """Per block, along momentum streams: the fast SIFT path's error against the float64 exact direction
+    (median, p95, max over steps) and the seconds of Muon, fast SIFT, exact SIFT and the released code's
+    step, as ratios to Muon measured on the same momenta in the same run.
 
-    Every method sees the same gradient stream; after `warmup` steps (the fast path's subspace cache is
-    warm, as in training) the methods take `repeats` steps interleaved, so a change of machine load hits
-    all of them alike, and the median is reported. Errors are relative Frobenius errors of the applied
-    direction against sift_direction_reference (float64, full SVDs) on the same momenta: in steady
-    state, and for the fast path also cold (no cache, what sift_direction does).
+    "training": real momenta of SmolLM2-135M trained on the unlearning CPU preset (sift_cli/streams.py),
+    one block per shape; "drifting": a rotating low-rank signal plus noise of equal norm in conflict, per
+    shape of `shapes` (SmolLM2's on CPU, plus 7B's on CUDA). Every step runs every method (the gate is
+    forced open), so the fast path's warm start, error estimate and fallbacks are exercised the way a
+    training run exercises them from step 1, early fast-moving phase included.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    console = console or Console()
+    cfg = OptimizerConfig(k=k, **({} if tol is None else {"subspace_tol": tol}))
     if shapes is None:
         shapes = CPU_SHAPES + (CUDA_SHAPES if device.type == "cuda" else ())
-    rows = []
-    for m, n in shapes:
-        stream = _GradientStream(m, n, device, seed)
-        runs = {}
-        for name, (cls, cfg) in _bench_methods(k).items():
-            p = nn.Parameter(torch.zeros(m, n, device=device))
-            runs[name] = (p, cls([("layers.0.mlp.weight", p)], cfg), [])
-        for step in range(warmup + repeats):
-            g_f, g_g = stream.next()
-            for p, opt, times in runs.values():
-                _feed(opt, p, g_f, g_g)
-                report = opt.step()
-                if step >= warmup:
-                    times.append(report.seconds)
-        g_f, g_g = stream.next()
-        p_fast, opt_fast, _ = runs["sift-fast"]
-        m_f, m_g = _next_momenta(opt_fast.state[p_fast], g_f, g_g, opt_fast.cfg.momentum)
-        reference = sift_direction_reference(m_f, m_g, k)
-        cold = _relative_error(sift_direction(m_f, m_g, k), reference)
-        muon_seconds = statistics.median(runs["muon"][2])
-        for name, (p, opt, times) in runs.items():
-            seconds = statistics.median(times)
-            error = None
-            if name.startswith("sift") or name == "released-code":
-                error = _relative_error(_applied_direction(opt, p, g_f, g_g), reference)
-            rows.append(
-                {
-                    "shape": f"{m}x{n}",
-                    "method": name,
-                    "seconds": seconds,
-                    "ratio_to_muon": seconds / muon_seconds,
-                    "rel_error": error,
-                    "cold_rel_error": cold if name == "sift-fast" else None,
-                    "device": device.type,
-                }
-            )
-    _print_engine_table(rows, k, console or Console())
+    traces = []
+    for stream in streams:
+        if stream == "training":
+            traces += _training_traces(steps, cfg, device, console)
+        elif stream == "drifting":
+            traces += _drifting_traces(shapes, steps, cfg, device)
+        else:
+            raise ValueError(f"stream {stream!r}: expected one of {', '.join(STREAMS)}")
+    rows = [_trace_row(trace, device) for trace in traces]
+    _print_engine_table(rows, cfg, console)
     return rows
 
 
-def _fmt_error(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.3f}%"
+def _quantiles(values: list[float]) -> dict[str, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"median": float(t.median()), "p95": float(t.quantile(0.95)), "max": float(t.max())}
 
 
-def _print_engine_table(rows: list[dict], k: int, console: Console) -> None:
-    table = Table(title=f"optimizer step per block, K={k}, all blocks in conflict ({rows[0]['device']})")
-    for column in ("shape", "method", "s/step", "x Muon", "err vs fp64 exact", "cold err"):
-        table.add_column(column, justify="left" if column in ("shape", "method") else "right")
+def _trace_row(trace: _BlockTrace, device: torch.device) -> dict:
+    muon = sum(trace.seconds["muon"])
+    row: dict[str, Any] = {
+        "stream": trace.stream,
+        "block": trace.block,
+        "shape": f"{trace.shape[0]}x{trace.shape[1]}",
+        "steps": len(trace.estimates),
+        "muon_seconds": muon / len(trace.estimates),
+        "device": device.type,
+        "fallback_rate": trace.fallbacks / (2 * len(trace.estimates)),
+        "mean_iterations": sum(trace.iterations) / len(trace.iterations),
+        "max_estimate": max(trace.estimates),
+    }
+    for method in ("sift-fast", "sift-exact", "released-code"):
+        row[f"{method}_x_muon"] = sum(trace.seconds[method]) / muon
+        row[f"{method}_error"] = _quantiles(trace.errors[method])
+    return row
+
+
+def _print_engine_table(rows: list[dict], cfg: OptimizerConfig, console: Console) -> None:
+    title = (
+        f"SIFT direction per block along momentum streams, K={cfg.k}, subspace_tol={cfg.subspace_tol:g} "
+        f"({rows[0]['device']}); error vs float64 exact, time as total over the stream / Muon's"
+    )
+    table = Table(title=title)
+    columns = ("stream", "block", "steps", "fast x Muon", "fast err median", "p95", "max", "fallbacks", "iters",
+               "exact x Muon", "exact err max", "released x Muon")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("stream", "block") else "right")
     for row in rows:
+        fast = row["sift-fast_error"]
         table.add_row(
-            row["shape"],
-            row["method"],
-            f"{row['seconds']:.4f}",
-            f"{row['ratio_to_muon']:.2f}",
-            _fmt_error(row["rel_error"]),
-            _fmt_error(row["cold_rel_error"]),
+            row["stream"],
+            f"{row['block']} ({row['shape']})" if row["stream"] == "training" else row["block"],
+            str(row["steps"]),
+            f"{row['sift-fast_x_muon']:.2f}",
+            f"{fast['median']:.2%}",
+            f"{fast['p95']:.2%}",
+            f"{fast['max']:.2%}",
+            f"{row['fallback_rate']:.0%}",
+            f"{row['mean_iterations']:.1f}",
+            f"{row['sift-exact_x_muon']:.2f}",
+            f"{row['sift-exact_error']['max']:.2%}",
+            f"{row['released-code_x_muon']:.2f}",
         )
     console.print(table)
 
@@ -285,81 +301,6 @@ def run_toy_comparison(
             f"{row['final_g']:.4f}",
             f"{row['final_f'] + row['final_g']:.4f}",
             f"{row['sift_blocks_per_step']:.2f}",
-        )
-    (console or Console()).print(table)
-    return rows
-
-
-PRECISION_VARIANTS: dict[str, tuple[torch.dtype, dict]] = {
-    "bf16, round to nearest": (torch.bfloat16, {"master_weights": False}),
-    "bf16 + master (default)": (torch.bfloat16, {}),
-    "bf16 + Kahan": (torch.bfloat16, {"master_weights": False, "update_rounding": "kahan"}),
-    "bf16 + stochastic": (torch.bfloat16, {"master_weights": False, "update_rounding": "stochastic"}),
-    "bf16 + master, bf16 momenta": (torch.bfloat16, {"momentum_dtype": "bfloat16"}),
-    "fp32, bf16 momenta": (torch.float32, {"momentum_dtype": "bfloat16"}),
-}
-"""Ways of training a bf16 (or fp32) parameter, each compared with an fp32 run on the same gradients."""
-
-
-def run_precision_bench(
-    shape: tuple[int, int] = (512, 1024),
-    steps: int = 100,
-    lr: float = 1e-4,
-    k: int = 128,
-    methods: Sequence[str] = ("muon", "sift", "adamw"),
-    seed: int = 0,
-    console: Console | None = None,
-) -> list[dict]:
-    """Fidelity of half-precision training: each variant against an fp32 run fed the same gradients.
-
-    One block (|w| ~ 0.02, as in a 7B model) takes `steps` steps of conflicting gradients (rounded to
-    bf16, so both runs see identical values). Reported per variant: error = |W - W_fp32| / |W_fp32 - W_0|
-    (the share of the fp32 run's total update that is wrong), the same for W_fp32 rounded to bf16 (the
-    best a bf16 weight can do), the share of weights that never changed, and the norm of the update
-    that arrived relative to the fp32 one."""
-    m, n = shape
-    gen = torch.Generator().manual_seed(seed)
-    w0 = (0.02 * torch.randn(m, n, generator=gen)).to(torch.bfloat16)
-    stream = _GradientStream(m, n, torch.device("cpu"), seed)
-    grads = [tuple(g.to(torch.bfloat16) for g in stream.next()) for _ in range(steps)]
-    rows = []
-    for method in methods:
-        base = OptimizerConfig(method=method, lr=lr, k=k, eps=-0.1)
-
-        def train(dtype: torch.dtype, **overrides: object) -> Tensor:
-            p = nn.Parameter(w0.to(dtype, copy=True))
-            opt = SiftOptimizer([("layers.0.mlp.weight", p)], replace(base, **overrides))
-            for g_f, g_g in grads:
-                _feed(opt, p, g_f.to(dtype), g_g.to(dtype))
-                opt.step()
-            return p.detach().float()
-
-        reference = train(torch.float32)
-        total = float((reference - w0.float()).norm())
-        rounding = float((reference.to(torch.bfloat16).float() - reference).norm()) / total
-        for name, (dtype, overrides) in PRECISION_VARIANTS.items():
-            w = train(dtype, **overrides)
-            rows.append(
-                {
-                    "method": method,
-                    "variant": name,
-                    "error": float((w - reference).norm()) / total,
-                    "rounding_error": rounding,
-                    "unchanged": float((w == w0.float()).double().mean()),
-                    "update_ratio": float((w - w0.float()).norm()) / total,
-                }
-            )
-    table = Table(title=f"half-precision fidelity vs fp32: {m}x{n} block, {steps} steps, lr {lr:g}, K={k}")
-    for column in ("method", "variant", "error / update", "fp32 rounded to bf16", "never changed", "update kept"):
-        table.add_column(column, justify="left" if column in ("method", "variant") else "right")
-    for row in rows:
-        table.add_row(
-            row["method"],
-            row["variant"],
-            f"{row['error']:.3f}",
-            f"{row['rounding_error']:.3f}",
-            f"{100 * row['unchanged']:.1f}%",
-            f"{row['update_ratio']:.2f}",
         )
     (console or Console()).print(table)
     return rows

@@ -270,13 +270,25 @@ def env() -> None:
 @user_errors
 def bench_engine(
     k: int = typer.Option(128, "--k", help="top-K subspace size"),
+    stream: list[str] = typer.Option(
+        ["training", "drifting"],
+        help="momentum streams: 'training' (SmolLM2-135M trained on the unlearning CPU preset, about a "
+        "minute on CPU) and/or 'drifting' (rotating low-rank signal plus noise, per block shape)",
+    ),
+    steps: int = typer.Option(30, help="steps per stream"),
+    tol: Optional[float] = typer.Option(None, help="optim.subspace_tol (default: the engine's)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
 ) -> None:
-    """Per-step optimizer time of AdamW, Muon, exact and fast SIFT, as ratios to Muon."""
+    """Fast SIFT direction along momentum streams: error vs exact (median, p95, max) and time vs Muon."""
     import re
 
-    from sift_cli.bench import run_engine_bench
+    from sift_cli.bench import STREAMS, run_engine_bench
 
+    unknown = [name for name in stream if name not in STREAMS]
+    if unknown:
+        raise SiftError(f"--stream {unknown[0]!r}: expected one of {', '.join(STREAMS)}")
+    if steps < 1:
+        raise SiftError(f"--steps {steps} must be at least 1")
     if k < 1:
         raise SiftError(f"--k {k} must be at least 1")
     if device is not None:
@@ -286,8 +298,7 @@ def bench_engine(
             raise SiftError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise SiftError(f"--device {device} but no CUDA device is visible; use cpu")
-
-    run_engine_bench(k=k, device=device, console=console)
+    run_engine_bench(k=k, streams=stream, steps=steps, tol=tol, device=device, console=console)
 
 
 @bench_app.command("toy")
@@ -319,7 +330,7 @@ def bench_precision(
     k: int = typer.Option(128, "--k", help="top-K subspace size of SIFT"),
 ) -> None:
     """bf16 training with and without master weights, Kahan or stochastic rounding, against fp32."""
-    from sift_cli.bench import run_precision_bench
+    from sift_cli.bench_precision import run_precision_bench
 
     run_precision_bench(steps=steps, lr=lr, k=k, console=console)
 

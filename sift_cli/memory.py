@@ -20,6 +20,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
+from sift_cli.engine.optimizer import SUBSPACE_CACHES
 from sift_cli.errors import SiftError
 from sift_cli.plan import optimizer_config, select_trainable, trainable_regex
 from sift_cli.resources import configs_dir
@@ -46,7 +47,7 @@ STATE_PARTS = {
 
 def state_part(key: str) -> str:
     """The memory category of an optimizer state key (`basis_f[q]` is a subspace cache)."""
-    return "subspace caches" if key.startswith("basis_") else STATE_PARTS.get(key, "other")
+    return "subspace caches" if key.startswith(SUBSPACE_CACHES) else STATE_PARTS.get(key, "other")
 
 
 def _nbytes(shape: Iterable[int], dtype: torch.dtype) -> int:

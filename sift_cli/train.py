@@ -379,6 +379,8 @@ class Trainer:
                 "tau": getattr(block, tau_key),
                 "branch": block.branch,
                 "candidate": self.spectral[block.name].candidate,
+                "subspace_error": block.subspace_error,
+                "subspace_fallback": block.subspace_fallback,
             }
             for block in spectral
         )

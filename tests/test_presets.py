@@ -18,12 +18,18 @@ import pytest
 import torch
 from torch import nn
 
-from sift_cli.bench import decaying_matrix, released_code_direction
+from sift_cli.bench import released_code_direction
+from sift_cli.bench_precision import decaying_matrix
 from sift_cli.engine import SiftOptimizer, spectral_scale
 from sift_cli.engine.precision import join_fp32
 from sift_cli.memory import model_from_config
+from sift_cli.plan import (
+    optimizer_config,
+    plan_routes,
+    select_trainable,
+    trainable_regex,
+)
 from sift_cli.spec import resolve_spec
-from sift_cli.plan import optimizer_config, plan_routes, select_trainable, trainable_regex
 
 SCALE = 16
 RELEASED = {
@@ -53,8 +59,8 @@ def test_one_step_of_each_paper_preset_moves_weights_like_the_released_code(pres
     for m, n in trained_shapes(preset, model_name):
         m, n = max(m // SCALE, 8), max(n // SCALE, 8)
         w0 = (0.02 * torch.randn(m, n, generator=gen)).to(torch.bfloat16)
-        g_f = decaying_matrix(m, n, gen, "cpu")
-        g_g = tau * g_f + math.sqrt(1 - tau**2) * decaying_matrix(m, n, gen, "cpu")
+        g_f = decaying_matrix(m, n, gen)
+        g_g = tau * g_f + math.sqrt(1 - tau**2) * decaying_matrix(m, n, gen)
         g_f, g_g = g_f.to(torch.bfloat16), g_g.to(torch.bfloat16)
         p = nn.Parameter(w0.clone())
         opt = SiftOptimizer([("model.layers.0.mlp.w.weight", p)], cfg)
