@@ -19,6 +19,7 @@ from .config import OptimizerConfig, Subspace
 from .linalg import (
     RitzStep,
     TopK,
+    compute_dtype,
     direction_change,
     gaussian_start,
     gram_inv_sqrt,
@@ -34,6 +35,12 @@ from .linalg import (
 )
 
 DEFAULT_TOL = OptimizerConfig.subspace_tol
+CACHE_DTYPE = torch.bfloat16
+"""Storage of the per-block warm start between steps. It is only where the next iteration starts (and the
+first iteration's give-up test): acceptance always compares two iterates computed in fp32 from the
+momentum itself, so rounding the start costs at most iterations, never accuracy. bf16 halves the
+caches, which at K=128 on SmolLM2's 576-wide blocks is what keeps SIFT's state below mixed-precision
+AdamW's (`sift bench memory`)."""
 MAX_ITERATIONS = 6
 """Cap on subspace iterations before the exact decomposition. One iteration (two products, two QRs and a
 small SVD at width 1.5k) costs about a quarter of top_k_gram on SmolLM2's 576-wide blocks at k=128 (one
@@ -162,7 +169,8 @@ def top_k_tracked(
     """Top-k triplets for one momentum inside the optimizer, with what to keep for next step.
 
     subspace="auto": adaptive subspace iteration warm-started from this block's previous answer
-    (warm_sketch_width(k) columns; a cold Gaussian start of sketch_width(k) columns when there is none).
+    (warm_sketch_width(k) columns, kept in CACHE_DTYPE; a cold Gaussian start of sketch_width(k) columns
+    when there is none).
     subspace="randomized": the cold start every step and nothing kept: stateless and reproducible, more
     iterations for the same tolerance. Either way the exact top_k_gram when k is None or the sketch is
     not narrower than min(m, n) (there an iteration would cost as much as the exact answer).
@@ -172,13 +180,14 @@ def top_k_tracked(
     width = warm_sketch_width(k)
     usable = subspace == "auto" and warm is not None and warm.right.shape == (m.shape[1], width)
     if usable:
-        rank = warm.left.shape[1]
+        dtype = compute_dtype(m)
+        left, right = warm.left.to(dtype), warm.right.to(dtype)
         # The estimate compares directions only; the last answer's singular values are not kept.
-        last = TopK(warm.left, warm.left.new_ones(rank), warm.right[:, :rank])
-        found = top_k_adaptive(m, k, warm.right, tol, last)
+        last = TopK(left, left.new_ones(left.shape[1]), right[:, : left.shape[1]])
+        found = top_k_adaptive(m, k, right, tol, last)
     else:
         found = top_k_adaptive(m, k, gaussian_start(m, sketch_width(k)), tol)
     if subspace == "randomized" or found.warm is None:
         return TrackedTopK(found.top, None, found.error, found.fallback, found.iterations)
-    keep = WarmStart(found.warm.left, found.warm.right[:, :width])
+    keep = WarmStart(found.warm.left.to(CACHE_DTYPE), found.warm.right[:, :width].to(CACHE_DTYPE))
     return TrackedTopK(found.top, keep, found.error, found.fallback, found.iterations)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import OptimizerConfig, ScaleRule
-from .direction import WarmStart, combine_subspaces, sift_direction, top_k_tracked
+from .direction import CACHE_DTYPE, WarmStart, combine_subspaces, sift_direction, top_k_tracked
 from .linalg import alignment, msign, sketch_width, warm_sketch_width
 from .precision import STOCHASTIC_SEED, Layout, fp32_weights, init_weight_state, weight_layout, write_weights
 from .routing import Block, Route, route_parameters
@@ -134,8 +134,8 @@ class SiftOptimizer(torch.optim.Optimizer):
                     if cfg.k is not None and sketch_width(cfg.k) < min(block.shape):
                         rows, cols = block.shape
                         for objective in ("f", "g"):
-                            layout[f"left_{objective}{block.suffix}"] = ((rows, cfg.k), torch.float32)
-                            layout[f"basis_{objective}{block.suffix}"] = ((cols, warm_sketch_width(cfg.k)), torch.float32)
+                            layout[f"left_{objective}{block.suffix}"] = ((rows, cfg.k), CACHE_DTYPE)
+                            layout[f"basis_{objective}{block.suffix}"] = ((cols, warm_sketch_width(cfg.k)), CACHE_DTYPE)
         else:
             layout.update({key: (shape, torch.float32) for key in ("exp_avg", "exp_avg_sq")})
         return layout
