@@ -1,0 +1,87 @@
+"""`sift train` under torchrun on CPU (gloo, 2 processes): the same run as one process on the same
+global batch, an exact resume after a rank is killed, and bad launches refused on every rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sift_cli.cli import app
+from sift_cli.store.rundir import RunDir
+
+DRIVER = Path(__file__).with_name("distributed_driver.py")
+TRAINABLE = r"layers\.(0|1)\.mlp\.down_proj"
+# Every text is longer than data.max_length tokens, so every sequence is cut to exactly max_length:
+# the mean loss of two half batches then equals the mean loss of the whole batch.
+FORGET = [f"Pathogen note {i}: the virus enters the cell, copies its genome and spreads to the next cell and the one after it." for i in range(24)]
+RETAIN = [f"Biology note {i}: the heart pumps blood through arteries and veins to every organ of the body, day and night." for i in range(24)]
+TIMEOUT = 240
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("distributed-data")
+    forget, retain = root / "forget.jsonl", root / "retain.jsonl"
+    forget.write_text("".join(json.dumps({"text": t}) + "\n" for t in FORGET))
+    retain.write_text("".join(json.dumps({"text": t}) + "\n" for t in RETAIN))
+    result = runner.invoke(app, ["prepare", "unlearning", "--forget", str(forget), "--retain", str(retain), "-o", str(root / "prepared")])
+    assert result.exit_code == 0, result.output
+    return root / "prepared"
+
+
+def train_args(model_dir: Path, data_dir: Path, output: Path, batch: int, *extra: str) -> list[str]:
+    return [
+        "train", "--app", "unlearning", "--model", str(model_dir), "--data", str(data_dir), "--output", str(output),
+        "--k", "4", "--lr", "0.02", "--set", "objective.layer=1", "--set", f"train.trainable={TRAINABLE}",
+        "--set", f"train.batch_size={batch}", "--set", "data.max_length=16", "--set", "objective.steering_coeff=20",
+        "--set", "train.device=cpu", *extra,
+    ]  # fmt: skip
+
+
+def launch(args: list[str], processes: int = 2, kill_at: int = 0) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node N tests/distributed_driver.py ARGS`, one thread per rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIFT_TEST_KILL_AT": str(kill_at)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", str(DRIVER), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def weights(run_path: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_path / "model" / "model.safetensors")
+
+
+def assert_close_weights(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == got.keys()
+    for name in expected:
+        error = (expected[name] - got[name]).norm() / expected[name].norm()
+        assert error <= 1e-5, (name, float(error))
+
+
+def one_process_run(model_dir: Path, data_dir: Path, output: Path, steps: int, batch: int, *extra: str) -> RunDir:
+    result = runner.invoke(app, train_args(model_dir, data_dir, output, batch, "--steps", str(steps), *extra))
+    assert result.exit_code == 0, result.output
+    return RunDir(output)
+
+
+@pytest.mark.parametrize("method", ["sift", "blur"])
+def test_two_ddp_processes_train_like_one_process_on_the_same_global_batch(tiny_model_dir, data_dir, tmp_path, method) -> None:
+    single = one_process_run(tiny_model_dir, data_dir, tmp_path / "one", 3, 4, "--method", method, "--set", "optim.eps=-0.05")
+    result = launch(train_args(tiny_model_dir, data_dir, tmp_path / "two", 2, "--steps", "3", "--method", method,
+                               "--set", "optim.eps=-0.05", "--set", "train.grad_accum=2", "--set", "train.batch_size=1"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    double = RunDir(tmp_path / "two")
+    assert_close_weights(weights(single.path), weights(double.path))
+    assert double.read_env()["world_size"] == 2 and double.read_env()["parallel"] == "ddp"
+    assert double.read_alignment()["branch"].tolist() == single.read_alignment()["branch"].tolist()
+    losses = double.read_metrics()[["loss_f", "loss_g"]].to_numpy()
+    assert losses == pytest.approx(single.read_metrics()[["loss_f", "loss_g"]].to_numpy(), rel=1e-5)
+    assert sorted(p.name for p in double.path.iterdir() if p.name.startswith(".")) == [".lock"]
