@@ -73,18 +73,22 @@ class Ranks:
             dist.barrier()
 
 
-def check_launch(processes: int) -> None:
+LAUNCH_HINT = (
+    "launch with `torchrun --nproc_per_node N $(which sift) train ...` or "
+    "`accelerate launch --config_file configs/accelerate/ddp.yaml $(which sift) train ...`"
+)
+
+
+def check_launch(processes: int | None = None) -> None:
     """Refuse a launch whose processes each believe they are alone, wherever the environment shows it:
-    a launcher announced WORLD_SIZE > 1 but the accelerator holds one process, or accelerate's own
-    FSDP plugin (`distributed_type: FSDP`, which on CPU starts lone processes), which would also wrap
-    the model behind sift's back."""
+    WORLD_SIZE > 1 without the rank a launcher gives each process, or (once the accelerator exists,
+    `processes`) WORLD_SIZE > 1 but an accelerator of one process; and accelerate's own FSDP plugin
+    (`distributed_type: FSDP`, whose `use_cpu: true` starts lone processes), which would also wrap the
+    model behind sift's back."""
     announced = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if announced > 1 and processes == 1:
-        raise SiftError(
-            f"the launcher started {announced} processes (WORLD_SIZE={announced}) but each runs alone; launch with "
-            "`torchrun --nproc_per_node N $(which sift) train ...` or `accelerate launch --config_file "
-            "configs/accelerate/ddp.yaml $(which sift) train ...`"
-        )
+    lone = "RANK" not in os.environ and "LOCAL_RANK" not in os.environ
+    if announced > 1 and (lone or processes == 1):
+        raise SiftError(f"the environment says {announced} processes (WORLD_SIZE={announced}) but this one runs alone; {LAUNCH_HINT}")
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
         raise SiftError(
             "accelerate's FSDP plugin is not used by sift; launch with configs/accelerate/fsdp2.yaml "

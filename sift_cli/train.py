@@ -41,7 +41,7 @@ from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import naming
 from sift_cli.hf.model_card import write_model_card
 from sift_cli.output import summary
-from sift_cli.parallel import Ranks, check_launch, process_group_closed
+from sift_cli.parallel import LAUNCH_HINT, Ranks, check_launch, process_group_closed
 from sift_cli.hf.loading import load_model, load_tokenizer
 from sift_cli.plan import (
     optimizer_config,
@@ -226,7 +226,13 @@ def make_accelerator(spec: RunSpec, run_path: Path) -> Any:
     cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
     # Buffers (rotary tables) are identical on every rank: broadcasting them at every forward is waste.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-    return Accelerator(cpu=cpu, kwargs_handlers=[ddp], **tracking.accelerator_kwargs(spec.train.report_to, run_path))
+    check_launch()
+    try:
+        accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp], **tracking.accelerator_kwargs(spec.train.report_to, run_path))
+    except (ValueError, RuntimeError) as exc:
+        raise SiftError(f"cannot join the launcher's processes ({first_line(exc, 160)}); {LAUNCH_HINT}") from None
+    check_launch(accelerator.num_processes)
+    return accelerator
 
 
 class Trainer:
@@ -553,7 +559,6 @@ def train(spec: RunSpec, console: Console | None = None, resume: bool = False, c
     run = RunDir(Path(spec.output))
     with process_group_closed():
         accelerator = make_accelerator(spec, run.path)
-        check_launch(accelerator.num_processes)
         ranks = Ranks(accelerator)
         if not ranks.main:
             console = Console(quiet=True)

@@ -55,6 +55,12 @@ def launch(args: list[str], processes: int = 2, kill_at: int = 0) -> subprocess.
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
+def single_process(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """The driver without a launcher (torchrun reports any failing rank as its own exit code 1)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, str(DRIVER), *args], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
 def weights(run_path: Path) -> dict[str, torch.Tensor]:
     return load_file(run_path / "model" / "model.safetensors")
 
@@ -85,3 +91,43 @@ def test_two_ddp_processes_train_like_one_process_on_the_same_global_batch(tiny_
     losses = double.read_metrics()[["loss_f", "loss_g"]].to_numpy()
     assert losses == pytest.approx(single.read_metrics()[["loss_f", "loss_g"]].to_numpy(), rel=1e-5)
     assert sorted(p.name for p in double.path.iterdir() if p.name.startswith(".")) == [".lock"]
+
+
+def test_a_killed_two_process_run_resumes_bit_exactly(tiny_model_dir, data_dir, tmp_path) -> None:
+    common = ["--steps", "4", "--set", "train.checkpoint_every=1", "--set", "train.batch_size=2"]
+    straight = tmp_path / "straight"
+    assert launch(train_args(tiny_model_dir, data_dir, straight, 2, *common)).returncode == 0
+    killed = tmp_path / "killed"
+    first = launch(train_args(tiny_model_dir, data_dir, killed, 2, *common), kill_at=2)
+    assert first.returncode != 0 and not (killed / "model").exists()
+    resumed = launch(["train", "--resume", str(killed)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step-0000002.pt" in resumed.stdout
+    expected, got = weights(straight), weights(killed)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert RunDir(killed).read_metrics()["loss_g"].tolist() == RunDir(straight).read_metrics()["loss_g"].tolist()
+    assert [event["processes"] for event in RunDir(killed).read_history()] == [2, 2]
+
+    refused = single_process(["train", "--resume", str(killed), "--steps", "5"])
+    assert refused.returncode == 2
+    assert "written by 2 process(es) and this resume has 1" in refused.stderr
+
+
+def rank_errors(result: subprocess.CompletedProcess) -> list[str]:
+    """The `error:` lines the ranks printed (torchrun prefixes nothing: each rank writes its own line)."""
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_bad_launches_fail_in_one_line_with_exit_2_on_every_rank(tiny_model_dir, data_dir, tmp_path) -> None:
+    existing = one_process_run(tiny_model_dir, data_dir, tmp_path / "existing", 1, 2)
+    before = (existing.path / "metrics.jsonl").read_text()
+    result = launch(train_args(tiny_model_dir, data_dir, existing.path, 2, "--steps", "1"))
+    errors = rank_errors(result)
+    assert len(errors) == 2 and all("already holds a run" in line for line in errors), result.stderr[-2000:]
+    assert "exitcode  : 2" in result.stderr and "exitcode  : 1" not in result.stderr
+    assert (existing.path / "metrics.jsonl").read_text() == before
+
+    lone = single_process(train_args(tiny_model_dir, data_dir, tmp_path / "lone", 2, "--steps", "1"), WORLD_SIZE="2")
+    assert lone.returncode == 2
+    assert "says 2 processes (WORLD_SIZE=2) but this one runs alone" in lone.stderr
+    assert not (tmp_path / "lone").exists()
