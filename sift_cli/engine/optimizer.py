@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import OptimizerConfig, ScaleRule
+from .distributed import ShardedStep, is_sharded
 from .direction import combine_subspaces, sift_direction, top_k_tracked
 from .linalg import alignment, msign, sketch_width, warm_sketch_width
 from .precision import STOCHASTIC_SEED, Layout, fp32_weights, init_weight_state, weight_layout, write_weights
@@ -76,6 +77,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         self._routes: dict[nn.Parameter, Route] = {p: r for (_, p), r in zip(named_params, routes)}
         self._blocks: dict[nn.Parameter, list[Block]] = {p: r.blocks() for p, r in self._routes.items()}
         self._acc: dict[str, dict[nn.Parameter, Tensor]] = {"f": {}, "g": {}}
+        self.sharded = ShardedStep(self) if is_sharded(self._params()) else None
+        """Parameters sharded by FSDP2 (DTensors) step through the owner-rank exchange of ShardedStep."""
 
     def _params(self) -> list[nn.Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -133,7 +136,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         init_weight_state(p, state, layout)
         for key, (shape, dtype) in layout.items():
             if key not in state:
-                state[key] = torch.zeros(shape, dtype=dtype, device=p.device)
+                # like p: a sharded (DTensor) parameter gets state sharded the same way
+                state[key] = torch.zeros_like(p, dtype=dtype) if shape == tuple(p.shape) else torch.zeros(shape, dtype=dtype, device=p.device)
         return state
 
     def init_state(self) -> None:
@@ -151,6 +155,9 @@ class SiftOptimizer(torch.optim.Optimizer):
         members = [(group, p) for group in self.param_groups for p in group["params"]]
         grads_f = [self._take("f", p) for _, p in members]
         grads_g = [self._take("g", p) for _, p in members]
+        if self.sharded is not None:
+            blocks = self.sharded.step(members, grads_f, grads_g, BlockReport)
+            return StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=sum(b.branch == "sift" for b in blocks))
         combined = blur_combine(grads_f, grads_g, cfg.blur_alpha) if cfg.method == "blur" else []
         blocks = []
         for i, (group, p) in enumerate(members):
