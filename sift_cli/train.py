@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import sys
 import time
@@ -37,6 +38,7 @@ from sift_cli import tracking
 from sift_cli.apps import get_app
 from sift_cli.apps.base import Batch, Objectives
 from sift_cli.engine import Route, SiftOptimizer, StepReport
+from sift_cli.engine.distributed import local as local_part
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import naming
 from sift_cli.hf.model_card import write_model_card
@@ -56,7 +58,8 @@ from sift_cli.store.prepared import PreparedData, copy_tables, load_prepared
 from sift_cli.store.rundir import ENV, POME, RunDir
 from sift_cli.store.transaction import staged_directory
 
-CHECKPOINT_GLOB = "step-*.pt"
+CHECKPOINT_GLOB = "step-*"
+"""`step-NNNNNNN.pt` (one process, DDP) or `step-NNNNNNN/` (FSDP2: sharded, see sift_cli.fsdp)."""
 KEEP_CHECKPOINTS = 2
 
 
@@ -169,10 +172,16 @@ class UnreadableCheckpoint(Exception):
     """A checkpoint file that does not load (truncated, empty, not a torch archive)."""
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's state, loaded without executing code; any failure to load it is UnreadableCheckpoint."""
+def read_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
+    """A checkpoint's state (of a sharded one, this rank's unsharded part), loaded without executing
+    code; any failure to load it is UnreadableCheckpoint."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.is_dir():
+            from sift_cli.fsdp import read_rank_file
+
+            state = read_rank_file(path, rank)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError... for a damaged file
         raise UnreadableCheckpoint(first_line(exc, 100)) from None
     if not isinstance(state, dict) or "step" not in state:
@@ -267,9 +276,13 @@ class Trainer:
             block.name: route for route in routes if route.kind == "spectral" for block in route.blocks()
         }
         self.objective_model: torch.nn.Module = ObjectiveModel(self.model, self.objectives)
-        self.optimizer = SiftOptimizer(self.named, optimizer_config(spec.optim, model_config))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(spec.train))
-        self.spec_lrs = list(self.scheduler.base_lrs)
+        self.model_config = model_config
+        self.sharded = spec.train.parallel == "fsdp2" and self.ranks.distributed
+        if self.sharded and spec.train.spectra_every:
+            raise SiftError(
+                "train.spectra_every needs whole momenta, which train.parallel=fsdp2 shards; set train.spectra_every=0 "
+                "or use train.parallel=ddp"
+            )
         seed = spec.train.seed
         self.streams = {
             "f": IndexStream(len(self.objectives.f_data), seed=2 * seed + 1),
@@ -278,30 +291,62 @@ class Trainer:
         self.step = 0
 
     def distribute(self) -> None:
-        """Wrap the objectives for the launch's processes (DDP; nothing under one process). It is a
-        collective, so it runs after every rank has built its trainer without error."""
-        self.objective_model = self.accelerator.prepare(self.objective_model)
+        """Wrap the objectives for the launch's processes (DDP, or FSDP2 sharding; nothing under one
+        process), then build the optimizer on the parameters as wrapped (fully_shard replaces them by
+        DTensors). It is a collective, so it runs after every rank has built its trainer without error."""
+        if self.sharded:
+            from sift_cli.fsdp import shard_model
 
-    def save_checkpoint(self) -> None:
-        """Rank 0 writes the step's state (under DDP every rank holds the same weights and optimizer
-        state); the others wait, so that no rank runs ahead of a checkpoint that may be its resume point."""
-        if not self.ranks.main:
-            self.ranks.barrier()
-            return
-        state = {
+            shard_model(self.model, self.device, self.ranks.world)
+            self.named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        else:
+            self.objective_model = self.accelerator.prepare(self.objective_model)
+        self.optimizer = SiftOptimizer(self.named, optimizer_config(self.spec.optim, self.model_config))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(self.spec.train))
+        self.spec_lrs = list(self.scheduler.base_lrs)
+
+    def _position(self) -> dict[str, Any]:
+        """What is not weights or optimizer state: where the run is and how to continue it exactly."""
+        return {
             "step": self.step,
             "world_size": self.ranks.world,
-            "weights": {name: param.detach().cpu() for name, param in self.named},
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "data_position": {key: stream.position for key, stream in self.streams.items()},
         }
+
+    def save_checkpoint(self) -> None:
+        """Rank 0 writes the step's state (under DDP every rank holds the same weights and optimizer
+        state); the others wait, so that no rank runs ahead of a checkpoint that may be its resume point.
+        Under FSDP2 every rank writes its shards (sift_cli.fsdp)."""
+        if self.sharded:
+            from sift_cli.fsdp import save_sharded
+
+            save_sharded(self.run.checkpoints / f"step-{self.step:07d}", self.named, self.optimizer, self._position(), self.ranks.main)
+            self._prune_checkpoints()
+            self.ranks.barrier()
+            return
+        if not self.ranks.main:
+            self.ranks.barrier()
+            return
+        state = {
+            **self._position(),
+            "weights": {name: param.detach().cpu() for name, param in self.named},
+            "optimizer": self.optimizer.state_dict(),
+        }
         path = self.run.checkpoints / f"step-{self.step:07d}.pt"
         write_with(path, lambda tmp: torch.save(state, tmp))
-        for old in sorted(self.run.checkpoints.glob(CHECKPOINT_GLOB))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
+        self._prune_checkpoints()
         self.ranks.barrier()
+
+    def _prune_checkpoints(self) -> None:
+        if not self.ranks.main:
+            return
+        for old in sorted(self.run.checkpoints.glob(CHECKPOINT_GLOB))[:-KEEP_CHECKPOINTS]:
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
 
     def load_checkpoint(self, state: dict[str, Any], name: str) -> None:
         """Restore a checkpoint's state; one that does not fit this run's parameters or its number of
@@ -314,10 +359,15 @@ class Trainer:
                 f"(`torchrun --nproc_per_node {saved_world} $(which sift) train --resume {self.run.path}`)"
             )
         try:
-            with torch.no_grad():
-                for param_name, param in self.named:
-                    param.copy_(state["weights"][param_name].to(param.device))
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sharded:
+                from sift_cli.fsdp import load_sharded
+
+                load_sharded(self.run.checkpoints / name, self.named, self.optimizer, state)
+            else:
+                with torch.no_grad():
+                    for param_name, param in self.named:
+                        param.copy_(state["weights"][param_name].to(param.device))
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except KeyError as exc:
             raise SiftError(
@@ -337,7 +387,7 @@ class Trainer:
         skipped = []
         for path in sorted(self.run.checkpoints.glob(CHECKPOINT_GLOB), reverse=True):
             try:
-                state = read_checkpoint(path)
+                state = read_checkpoint(path, self.ranks.rank)
             except UnreadableCheckpoint as exc:
                 skipped.append(path.name)
                 self.console.print(f"[yellow]warning:[/yellow] {path.name} is unreadable ({exc}); trying the one before it")
@@ -379,7 +429,11 @@ class Trainer:
         accum = self.spec.train.grad_accum
         total = 0.0
         for micro in range(accum):
-            local = self.accelerator.no_sync(self.objective_model) if micro < accum - 1 else nullcontext()
+            last = micro == accum - 1
+            if self.sharded:
+                # FSDP2's no_sync: keep unsharded gradients local until the last micro-batch reduce-scatters them
+                self.model.set_requires_gradient_sync(last)
+            local = self.accelerator.no_sync(self.objective_model) if not last and not self.sharded else nullcontext()
             with local:
                 loss = self.objective_model(which, self._batch(which))
                 (loss / accum).backward()
@@ -401,7 +455,7 @@ class Trainer:
         report = self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        finite = torch.stack([torch.isfinite(param).all() for _, param in self.named])
+        finite = torch.stack([torch.isfinite(local_part(param)).all() for _, param in self.named])
         if self.ranks.any(not bool(finite.all())):
             bad = (~finite).nonzero()
             name = self.named[int(bad[0])][0] if len(bad) else "a parameter shard of another rank"
@@ -455,9 +509,16 @@ class Trainer:
 
     def save_model(self) -> None:
         """Rank 0 writes model/ as one transaction, so a kill mid-save never leaves a half-written model."""
+        if self.sharded:
+            from sift_cli.fsdp import full_state_dict
+
+            weights = full_state_dict(self.model)  # a collective: every rank gathers, rank 0 keeps
         if self.ranks.main:
             with staged_directory(self.run.model_dir) as staging:
-                self.model.save_pretrained(staging)
+                if self.sharded:
+                    self.model.save_pretrained(staging, state_dict=weights)
+                else:
+                    self.model.save_pretrained(staging)
                 self.tokenizer.save_pretrained(staging)
         self.ranks.barrier()
 
