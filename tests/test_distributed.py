@@ -137,3 +137,23 @@ def test_bad_launches_fail_in_one_line_with_exit_2_on_every_rank(tiny_model_dir,
     assert lone.returncode == 2
     assert "says 2 processes (WORLD_SIZE=2) but this one runs alone" in lone.stderr
     assert not (tmp_path / "lone").exists()
+
+
+def test_dry_run_prints_the_memory_of_each_rank(tiny_model_dir, data_dir, tmp_path) -> None:
+    from sift_cli.memory import memory_estimate
+    from sift_cli.plan import meta_model
+    from sift_cli.spec import resolve_spec
+
+    args = train_args(tiny_model_dir, data_dir, tmp_path / "dry", 2, "--dry-run", "--processes", "2", "--set", "train.parallel=fsdp2")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "(fsdp2)" in result.output and "one layer gathered (FSDP2)" in result.output
+    assert not (tmp_path / "dry").exists()
+
+    spec = resolve_spec(app="unlearning", assignments=[f"model.name={tiny_model_dir}", f"data.path={data_dir}", "train.parallel=fsdp2",
+                                                       "objective.layer=1", f"train.trainable={TRAINABLE}"])  # fmt: skip
+    one, two = memory_estimate(spec, meta_model(spec), 1).parts, memory_estimate(spec, meta_model(spec), 2).parts
+    for part in ("weights", "gradients (f and g)", "optimizer: momenta"):
+        assert two[part] <= one[part] / 2 + 1, part
+    ddp = memory_estimate(spec.model_copy(update={"train": spec.train.model_copy(update={"parallel": "ddp"})}), meta_model(spec), 2).parts
+    assert ddp["weights"] == one["weights"] and ddp["DDP gradient buckets"] == one["gradients (f and g)"] // 2
