@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -32,10 +32,7 @@ from torch.distributed.tensor import DTensor
 from .linalg import msign
 from .precision import STOCHASTIC_SEED, fp32_weights, write_weights
 from .routing import Block
-from .updates import adamw_update
-
-if TYPE_CHECKING:
-    from .optimizer import BlockReport, SiftOptimizer
+from .updates import adamw_update, spectral_scale
 
 PARTIALS = 6
 """Per block: <G_f, G_g>, |G_f|^2, |G_g|^2, <M_f, M_g>, |M_f|^2, |M_g|^2, summed over a rank's rows."""
@@ -94,10 +91,11 @@ class _Spectral:
 
 
 class ShardedStep:
-    """The sharded path of SiftOptimizer.step: the optimizer hands over its members and captured
-    gradients; this computes every update with the collectives described above."""
+    """The sharded path of SiftOptimizer.step (`opt`; typed loosely because the optimizer module imports
+    this one): the optimizer hands over its members and captured gradients, and this computes every
+    update with the collectives described above, reporting each block through `report` (BlockReport)."""
 
-    def __init__(self, opt: "SiftOptimizer", group: dist.ProcessGroup | None = None) -> None:
+    def __init__(self, opt: Any, group: dist.ProcessGroup | None = None) -> None:
         self.opt = opt
         self.group = group
         self.world = dist.get_world_size(group)
@@ -111,7 +109,7 @@ class ShardedStep:
         return self.owner.get(p, self.rank) == self.rank
 
     def step(self, members: list[tuple[dict, nn.Parameter]], grads_f: list[Tensor], grads_g: list[Tensor],
-             report: Callable[..., "BlockReport"]) -> list["BlockReport"]:  # fmt: skip
+             report: Callable[..., Any]) -> list[Any]:  # fmt: skip
         opt, cfg = self.opt, self.opt.cfg
         spectral_method = cfg.method in ("sift", "muon")
         g_f = [local(g) for g in grads_f]
@@ -143,7 +141,7 @@ class ShardedStep:
         for row, (i, block) in enumerate(table_rows):
             dot_g, ff_g, gg_g, dot_m, ff_m, gg_m = table[row].tolist()
             taus[(i, block.name)] = (_cosine(dot_g, ff_g, gg_g), _cosine(dot_m, ff_m, gg_m) if i in spectral else math.nan)
-        reports: list[BlockReport | None] = [None] * len(table_rows)
+        reports: list[Any] = [None] * len(table_rows)
         for row, (i, block) in enumerate(table_rows):
             group, p = members[i]
             tau_grad, tau_m = taus[(i, block.name)]
@@ -207,7 +205,7 @@ class ShardedStep:
     def _exchange(self, shape: tuple[int, ...], items: list[_Spectral], members: list) -> None:
         """Send this rank's rows of every item's momenta to the item's owner, let the owners compute
         the whole updates, and take back this rank's rows of each (two all-to-alls for the shape)."""
-        opt, cfg = self.opt, self.opt.cfg
+        cfg = self.opt.cfg
         rows = items[0].rows
         per = max(rows)
         payloads = 2 if any("sift" in item.branches for item in items) else 1
@@ -246,8 +244,6 @@ class ShardedStep:
     def _update(self, item: _Spectral, whole: list[Tensor], group: dict) -> Tensor:
         """-lr * s(m, n) * D of every block of an owned parameter, from its whole momenta."""
         opt, cfg = self.opt, self.opt.cfg
-        from .optimizer import spectral_scale
-
         update = torch.zeros(item.param.shape, dtype=torch.float32, device=whole[0].device)
         for block, branch in zip(opt._blocks[item.param], item.branches):
             r = block.rows

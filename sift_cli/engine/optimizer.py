@@ -10,13 +10,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .config import OptimizerConfig, ScaleRule
+from .config import OptimizerConfig
 from .distributed import ShardedStep, is_sharded
 from .direction import combine_subspaces, sift_direction, top_k_tracked
 from .linalg import alignment, msign, sketch_width, warm_sketch_width
 from .precision import STOCHASTIC_SEED, Layout, fp32_weights, init_weight_state, weight_layout, write_weights
 from .routing import Block, Route, route_parameters
-from .updates import adamw_update, blur_combine
+from .updates import adamw_update, blur_combine, spectral_scale
 
 Objective = Literal["f", "g"]
 Branch = Literal["sift", "muon", "adamw"]
@@ -41,15 +41,6 @@ class StepReport:
     seconds: float
     blocks: list[BlockReport]
     n_sift: int
-
-
-def spectral_scale(shape: tuple[int, ...], rule: ScaleRule) -> float:
-    """Step multiplier s(m, n) of an orthogonalized update.
-
-    "kj": sqrt(max(1, m/n)) (Keller Jordan's Muon); "match_rms_adamw": 0.2 sqrt(max(m, n)), which gives
-    the update roughly AdamW's RMS so AdamW learning rates carry over."""
-    m, n = shape
-    return math.sqrt(max(1.0, m / n)) if rule == "kj" else 0.2 * math.sqrt(max(m, n))
 
 
 class SiftOptimizer(torch.optim.Optimizer):
