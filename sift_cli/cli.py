@@ -83,6 +83,7 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec, routing and memory; train nothing"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="with --dry-run: say whether the run fits one GPU of this size, e.g. 80GiB"),
+    processes: Optional[int] = typer.Option(None, "--processes", help="with --dry-run: memory per rank for this many processes (default: the launcher's WORLD_SIZE, or 1)"),
 ) -> None:
     """Train a model on f (utility) under the constraint g."""
     from sift_cli.spec import resolve_spec
@@ -115,7 +116,12 @@ def train(
         from sift_cli.memory import print_memory
         from sift_cli.plan import print_dry_run
 
-        print_memory(spec, print_dry_run(spec, console), console, gpu_memory)
+        import os
+
+        count = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if count < 1:
+            raise SiftError(f"--processes {count} must be at least 1")
+        print_memory(spec, print_dry_run(spec, console), console, gpu_memory, count)
         return
     from sift_cli.train import train as run_training
 
@@ -333,6 +339,21 @@ def bench_precision(
     from sift_cli.bench_precision import run_precision_bench
 
     run_precision_bench(steps=steps, lr=lr, k=k, console=console)
+
+
+@bench_app.command("distributed")
+@user_errors
+def bench_distributed(
+    processes: int = typer.Option(2, "--processes", help="processes of the sharded run (against 1)"),
+    layers: int = typer.Option(6, "--layers", help="SmolLM2-135M-shaped decoder layers whose 7 matrices are trained"),
+    steps: int = typer.Option(3, "--steps", help="timed optimizer steps (after 2 warm-up steps)"),
+) -> None:
+    """The sharded (FSDP2) optimizer step on 1 and N CPU processes: seconds per step and memory per rank, as ratios."""
+    from sift_cli.distbench import run_distributed_bench
+
+    if processes < 2 or layers < 1 or steps < 1:
+        raise SiftError("--processes must be at least 2, --layers and --steps at least 1")
+    run_distributed_bench(processes=processes, layers=layers, steps=steps, console=console)
 
 
 def _register_prepare_commands() -> None:

@@ -112,10 +112,10 @@ def training_streams(
     offline forget/retain texts) with every projection of layers 3-5 trained, so each block's momenta
     follow a real run from step 1, early fast-moving phase included. The gradients are read as the
     optimizer captures them (after accumulation), never from optimizer internals."""
-    from sift_cli.demo import write_demo_data
-    from sift_cli.rundir import RunDir
+    from sift_cli.demo.run import write_demo_data
     from sift_cli.spec import resolve_spec
-    from sift_cli.train import Trainer
+    from sift_cli.store.rundir import RunDir
+    from sift_cli.train import Trainer, make_accelerator
 
     with tempfile.TemporaryDirectory(prefix="sift-streams-") as tmp:
         data, _ = write_demo_data(Path(tmp) / "data")
@@ -125,7 +125,9 @@ def training_streams(
             overrides={"data.path": str(data), "output": str(Path(tmp) / "run"), "train.steps": steps, "train.device": device},
             assignments=[f"train.trainable={TRAINABLE}"],
         )
-        trainer = Trainer(spec, RunDir(Path(tmp) / "run"), Console(quiet=True))
+        run_path = Path(tmp) / "run"
+        trainer = Trainer(spec, RunDir(run_path), Console(quiet=True), make_accelerator(spec, run_path))
+        trainer.distribute()
         params = dict(trainer.named)
         missing = [name for name in blocks if name not in params]
         if missing:

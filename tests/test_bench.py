@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+import torch
 from rich.console import Console
 
 from sift_cli.bench import run_engine_bench, run_toy_comparison
@@ -23,3 +25,17 @@ def test_engine_bench_along_a_drifting_stream():
     assert row["sift-fast_error"]["p95"] <= 0.02
     assert row["max_estimate"] <= 0.01 and 0 <= row["fallback_rate"] <= 1
     assert all(row[f"{method}_x_muon"] > 0 for method in ("sift-fast", "sift-exact", "released-code"))
+
+
+@pytest.mark.slow
+def test_training_streams_record_real_gradients_per_block():
+    """Needs the offline SmolLM2 (make installs it): the bench's real momentum streams come from training."""
+    from sift_cli.streams import TRAINING_BLOCKS, training_streams
+
+    steps = list(training_streams(2))
+    assert len(steps) == 2 and set(steps[0]) == set(TRAINING_BLOCKS)
+    for name in TRAINING_BLOCKS:
+        (f1, g1), (f2, g2) = steps[0][name], steps[1][name]
+        assert f1.shape == g1.shape and all(torch.isfinite(x).all() for x in (f1, g1, f2, g2))
+        # RMU's retain loss compares the model with its frozen copy, so f's gradient is zero until the first step
+        assert f1.abs().sum() == 0 and f2.abs().sum() > 0 and g1.abs().sum() > 0, name

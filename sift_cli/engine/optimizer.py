@@ -10,12 +10,13 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .config import OptimizerConfig, ScaleRule
+from .config import OptimizerConfig
 from .direction import CACHE_DTYPE, WarmStart, combine_subspaces, sift_direction, top_k_tracked
+from .distributed import ShardedStep, is_sharded
 from .linalg import alignment, msign, sketch_width, warm_sketch_width
 from .precision import STOCHASTIC_SEED, Layout, fp32_weights, init_weight_state, weight_layout, write_weights
 from .routing import Block, Route, route_parameters
-from .updates import adamw_update, blur_combine
+from .updates import adamw_update, blur_combine, spectral_scale
 
 SUBSPACE_CACHES = ("left_", "basis_")
 """State-key prefixes of the fast SIFT path's per-block caches, made by a block's first SIFT step."""
@@ -58,15 +59,6 @@ class StepReport:
     n_sift: int
 
 
-def spectral_scale(shape: tuple[int, ...], rule: ScaleRule) -> float:
-    """Step multiplier s(m, n) of an orthogonalized update.
-
-    "kj": sqrt(max(1, m/n)) (Keller Jordan's Muon); "match_rms_adamw": 0.2 sqrt(max(m, n)), which gives
-    the update roughly AdamW's RMS so AdamW learning rates carry over."""
-    m, n = shape
-    return math.sqrt(max(1.0, m / n)) if rule == "kj" else 0.2 * math.sqrt(max(m, n))
-
-
 class SiftOptimizer(torch.optim.Optimizer):
     """Two-objective optimizer: f (primary) and g (constraint) gradients are captured separately.
 
@@ -92,6 +84,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         self._routes: dict[nn.Parameter, Route] = {p: r for (_, p), r in zip(named_params, routes)}
         self._blocks: dict[nn.Parameter, list[Block]] = {p: r.blocks() for p, r in self._routes.items()}
         self._acc: dict[str, dict[nn.Parameter, Tensor]] = {"f": {}, "g": {}}
+        self.sharded = ShardedStep(self) if is_sharded(self._params()) else None
+        """Parameters sharded by FSDP2 (DTensors) step through the owner-rank exchange of ShardedStep."""
 
     def _params(self) -> list[nn.Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -150,7 +144,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         init_weight_state(p, state, layout)
         for key, (shape, dtype) in layout.items():
             if key not in state:
-                state[key] = torch.zeros(shape, dtype=dtype, device=p.device)
+                # like p: a sharded (DTensor) parameter gets state sharded the same way
+                state[key] = torch.zeros_like(p, dtype=dtype) if shape == tuple(p.shape) else torch.zeros(shape, dtype=dtype, device=p.device)
         return state
 
     def init_state(self) -> None:
@@ -168,6 +163,9 @@ class SiftOptimizer(torch.optim.Optimizer):
         members = [(group, p) for group in self.param_groups for p in group["params"]]
         grads_f = [self._take("f", p) for _, p in members]
         grads_g = [self._take("g", p) for _, p in members]
+        if self.sharded is not None:
+            blocks = self.sharded.step(members, grads_f, grads_g, BlockReport)
+            return StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=sum(b.branch == "sift" for b in blocks))
         combined = blur_combine(grads_f, grads_g, cfg.blur_alpha) if cfg.method == "blur" else []
         blocks = []
         for i, (group, p) in enumerate(members):
