@@ -113,10 +113,10 @@ def train(
         assignments = [f"optim.k={'null' if k_value is None else k_value}", *assignments]
     spec = resolve_spec(app=app_name, preset=preset, config=config, overrides=overrides, assignments=assignments)
     if dry_run:
+        import os
+
         from sift_cli.memory import print_memory
         from sift_cli.plan import print_dry_run
-
-        import os
 
         count = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
         if count < 1:
@@ -317,6 +317,26 @@ def bench_toy(
     from sift_cli.bench import run_toy_comparison
 
     run_toy_comparison(steps=steps, seed=seed, console=console)
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train(
+    k: int = typer.Option(128, "--k", help="top-K subspace size"),
+    steps: int = typer.Option(2, help="timed steps per method (after one warm-up step)"),
+    batch_size: int = typer.Option(4, "--batch-size", help="sequences per objective"),
+    length: int = typer.Option(128, help="tokens per sequence"),
+) -> None:
+    """Whole training steps of Muon, SIFT (gated, forced) and AdamW on SmolLM2, as ratios to Muon."""
+    from sift_cli.bench_train import run_train_bench
+
+    for flag, value in (("--k", k), ("--steps", steps), ("--batch-size", batch_size), ("--length", length)):
+        if value < 1:
+            raise SiftError(f"{flag} {value} must be at least 1")
+    try:
+        run_train_bench(k=k, steps=steps, batch_size=batch_size, length=length, console=console)
+    except RuntimeError as exc:
+        raise SiftError(str(exc)) from None
 
 
 @bench_app.command("memory")

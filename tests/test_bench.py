@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_llama, tiny_tokenizer
 from rich.console import Console
 
 from sift_cli.bench import run_engine_bench, run_toy_comparison
@@ -39,3 +40,20 @@ def test_training_streams_record_real_gradients_per_block():
         assert f1.shape == g1.shape and all(torch.isfinite(x).all() for x in (f1, g1, f2, g2))
         # RMU's retain loss compares the model with its frozen copy, so f's gradient is zero until the first step
         assert f1.abs().sum() == 0 and f2.abs().sum() > 0 and g1.abs().sum() > 0, name
+
+
+def test_whole_step_bench_measures_each_variant_on_a_small_model():
+    from sift_cli.bench_train import VARIANTS, measure
+
+    tokenizer = tiny_tokenizer()
+    results = {}
+    for variant, settings in VARIANTS.items():
+        torch.manual_seed(0)
+        results[variant] = measure(tiny_llama(len(tokenizer)), tokenizer, settings, k=4, steps=2, batch_size=2, length=32)
+    blocks = results["muon"]["blocks"]
+    assert blocks == 4 * 7
+    assert results["muon"]["sift_blocks"] == 0 and results["adamw"]["sift_blocks"] == 0
+    assert results["sift (gate forced open)"]["sift_blocks"] == blocks
+    assert results["sift (gated, eps -0.1)"]["sift_blocks"] <= blocks
+    for row in results.values():
+        assert 0 < row["optimizer_seconds"] < row["step_seconds"]
