@@ -288,7 +288,7 @@ def bench_engine(
     """Fast SIFT direction along momentum streams: error vs exact (median, p95, max) and time vs Muon."""
     import re
 
-    from sift_cli.bench import STREAMS, run_engine_bench
+    from sift_cli.bench.engine import STREAMS, run_engine_bench
 
     unknown = [name for name in stream if name not in STREAMS]
     if unknown:
@@ -314,7 +314,7 @@ def bench_toy(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """A two-task MLP with conflicting objectives: final (f, g) of SIFT, Muon, AdamW and BLUR."""
-    from sift_cli.bench import run_toy_comparison
+    from sift_cli.bench.engine import run_toy_comparison
 
     run_toy_comparison(steps=steps, seed=seed, console=console)
 
@@ -328,7 +328,7 @@ def bench_train(
     length: int = typer.Option(128, help="tokens per sequence"),
 ) -> None:
     """Whole training steps of Muon, SIFT (gated, forced) and AdamW on SmolLM2, as ratios to Muon."""
-    from sift_cli.bench_train import run_train_bench
+    from sift_cli.bench.train import run_train_bench
 
     for flag, value in (("--k", k), ("--steps", steps), ("--batch-size", batch_size), ("--length", length)):
         if value < 1:
@@ -356,7 +356,7 @@ def bench_precision(
     k: int = typer.Option(128, "--k", help="top-K subspace size of SIFT"),
 ) -> None:
     """bf16 training with and without master weights, Kahan or stochastic rounding, against fp32."""
-    from sift_cli.bench_precision import run_precision_bench
+    from sift_cli.bench.precision import run_precision_bench
 
     run_precision_bench(steps=steps, lr=lr, k=k, console=console)
 
@@ -369,7 +369,7 @@ def bench_distributed(
     steps: int = typer.Option(3, "--steps", help="timed optimizer steps (after 2 warm-up steps)"),
 ) -> None:
     """The sharded (FSDP2) optimizer step on 1 and N CPU processes: seconds per step and memory per rank, as ratios."""
-    from sift_cli.distbench import run_distributed_bench
+    from sift_cli.bench.distributed import run_distributed_bench
 
     if processes < 2 or layers < 1 or steps < 1:
         raise SiftError("--processes must be at least 2, --layers and --steps at least 1")

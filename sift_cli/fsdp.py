@@ -45,7 +45,10 @@ def shard_model(model: nn.Module, device: torch.device, world: int) -> None:
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights on CPU, gathered on rank 0 (a collective: every rank calls it; the
     others get an empty dict)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 

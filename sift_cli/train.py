@@ -41,10 +41,10 @@ from sift_cli.engine import Route, SiftOptimizer, StepReport
 from sift_cli.engine.distributed import local as local_part
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import naming
+from sift_cli.hf.loading import load_model, load_tokenizer
 from sift_cli.hf.model_card import write_model_card
 from sift_cli.output import summary
 from sift_cli.parallel import LAUNCH_HINT, Ranks, check_launch, process_group_closed
-from sift_cli.hf.loading import load_model, load_tokenizer
 from sift_cli.plan import (
     optimizer_config,
     plan_routes,

@@ -7,7 +7,7 @@ import torch
 from helpers import tiny_llama, tiny_tokenizer
 from rich.console import Console
 
-from sift_cli.bench import run_engine_bench, run_toy_comparison
+from sift_cli.bench.engine import run_engine_bench, run_toy_comparison
 
 
 def test_run_toy_comparison_small():
@@ -31,7 +31,7 @@ def test_engine_bench_along_a_drifting_stream():
 @pytest.mark.slow
 def test_training_streams_record_real_gradients_per_block():
     """Needs the offline SmolLM2 (make installs it): the bench's real momentum streams come from training."""
-    from sift_cli.streams import TRAINING_BLOCKS, training_streams
+    from sift_cli.bench.streams import TRAINING_BLOCKS, training_streams
 
     steps = list(training_streams(2))
     assert len(steps) == 2 and set(steps[0]) == set(TRAINING_BLOCKS)
@@ -43,7 +43,7 @@ def test_training_streams_record_real_gradients_per_block():
 
 
 def test_whole_step_bench_measures_each_variant_on_a_small_model():
-    from sift_cli.bench_train import VARIANTS, measure
+    from sift_cli.bench.train import VARIANTS, measure
 
     tokenizer = tiny_tokenizer()
     results = {}

@@ -2,7 +2,7 @@
 the released code's step on the same gradients.
 
 The released code's step is re-created from its formula: rule x lr x its direction (full SVDs, SVD polar
-factors; sift_cli.bench.released_code_direction). Its settings: unlearning, lr 0.016 with the sqrt ("kj")
+factors; sift_cli.bench.engine.released_code_direction). Its settings: unlearning, lr 0.016 with the sqrt ("kj")
 rule (from the released code); the other apps, the paper's lr 2e-5 under match_rms_adamw (the released
 code could not be checked offline; see each preset's comment). Blocks have the preset model's trained
 shapes divided by SCALE, with K divided too: a direction's RMS relative to Muon's depends on 2K / min(m, n)
@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from sift_cli.bench import released_code_direction
-from sift_cli.bench_precision import decaying_matrix
+from sift_cli.bench.engine import released_code_direction
+from sift_cli.bench.precision import decaying_matrix
 from sift_cli.engine import SiftOptimizer, spectral_scale
 from sift_cli.engine.precision import join_fp32
 from sift_cli.memory import model_from_config

@@ -11,10 +11,23 @@ import torch
 from torch import Tensor, nn
 
 from .config import OptimizerConfig
-from .direction import CACHE_DTYPE, WarmStart, combine_subspaces, sift_direction, top_k_tracked
+from .direction import (
+    CACHE_DTYPE,
+    WarmStart,
+    combine_subspaces,
+    sift_direction,
+    top_k_tracked,
+)
 from .distributed import ShardedStep, is_sharded
 from .linalg import alignment, msign, sketch_width, warm_sketch_width
-from .precision import STOCHASTIC_SEED, Layout, fp32_weights, init_weight_state, weight_layout, write_weights
+from .precision import (
+    STOCHASTIC_SEED,
+    Layout,
+    fp32_weights,
+    init_weight_state,
+    weight_layout,
+    write_weights,
+)
 from .routing import Block, Route, route_parameters
 from .updates import adamw_update, blur_combine, spectral_scale
 

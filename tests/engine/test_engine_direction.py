@@ -2,7 +2,9 @@
 
 import pytest
 import torch
+from helpers import F64, decaying, orthonormal
 
+from sift_cli.bench.streams import drifting_stream
 from sift_cli.engine import msign_exact, sift_direction, sift_direction_reference
 from sift_cli.engine.direction import (
     MAX_ITERATIONS,
@@ -10,10 +12,13 @@ from sift_cli.engine.direction import (
     top_k_adaptive,
     top_k_tracked,
 )
-from sift_cli.engine.linalg import leading, sketch_width, subspace_iteration_step, top_k_svd, warm_sketch_width
-from sift_cli.streams import drifting_stream
-from helpers import F64, decaying, orthonormal
-
+from sift_cli.engine.linalg import (
+    leading,
+    sketch_width,
+    subspace_iteration_step,
+    top_k_svd,
+    warm_sketch_width,
+)
 
 
 def conflicting_pair(m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

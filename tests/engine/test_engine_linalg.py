@@ -4,22 +4,21 @@ import math
 
 import pytest
 import torch
+from helpers import F64, decaying, orthonormal
 
 from sift_cli.engine import alignment, msign, msign_exact, pseudo_polar
 from sift_cli.engine.linalg import (
     NS_COEFFS,
     NS_STEPS,
+    direction_change,
     gaussian_start,
     numerical_rank,
     pseudo_polar_reference,
-    direction_change,
     sketch_width,
     subspace_iteration_step,
     top_k_gram,
     top_k_svd,
 )
-from helpers import F64, decaying, orthonormal
-
 
 
 def ns_reference(m: torch.Tensor) -> torch.Tensor:

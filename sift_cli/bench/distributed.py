@@ -7,7 +7,7 @@ the same conflicting gradient stream (every block takes the SIFT branch). It rep
 seconds of a steady-state optimizer step and two memory figures per rank: the tensors the step keeps
 (parameter shards, two gradients, optimizer state) and the process's peak resident memory.
 
-Run the worker directly with `python -m sift_cli.distbench OUT.json LAYERS STEPS` under torchrun.
+Run the worker directly with `python -m sift_cli.bench.distributed OUT.json LAYERS STEPS` under torchrun.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def launch(processes: int, layers: int, steps: int, timeout: int = 1800) -> dict
     with tempfile.TemporaryDirectory(prefix="sift-distbench-") as tmp:
         out = Path(tmp) / "figures.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                   "-m", "sift_cli.distbench", str(out), str(layers), str(steps)]  # fmt: skip
+                   "-m", "sift_cli.bench.distributed", str(out), str(layers), str(steps)]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0 or not out.is_file():

@@ -14,9 +14,20 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from .engine import OptimizerConfig, SiftOptimizer, msign, sift_direction, sift_direction_reference
-from .engine.direction import TrackedTopK, WarmStart, combine_subspaces, top_k_tracked
-from .streams import NesterovMomenta, drifting_stream, training_streams
+from sift_cli.bench.streams import NesterovMomenta, drifting_stream, training_streams
+from sift_cli.engine import (
+    OptimizerConfig,
+    SiftOptimizer,
+    msign,
+    sift_direction,
+    sift_direction_reference,
+)
+from sift_cli.engine.direction import (
+    TrackedTopK,
+    WarmStart,
+    combine_subspaces,
+    top_k_tracked,
+)
 
 CPU_SHAPES: tuple[tuple[int, int], ...] = ((576, 1536), (1536, 576), (576, 576), (192, 576))
 """SmolLM2-135M's block shapes: down_proj, gate/up_proj, q/o_proj, k/v_proj."""
@@ -128,7 +139,7 @@ def run_engine_bench(
     (median, p95, max over steps) and the seconds of Muon, fast SIFT, exact SIFT and the released code's
     step, as ratios to Muon measured on the same momenta in the same run.
 
-    "training": real momenta of SmolLM2-135M trained on the unlearning CPU preset (sift_cli/streams.py),
+    "training": real momenta of SmolLM2-135M trained on the unlearning CPU preset (sift_cli/bench/streams.py),
     one block per shape; "drifting": a rotating low-rank signal plus noise of equal norm in conflict, per
     shape of `shapes` (SmolLM2's on CPU, plus 7B's on CUDA). Every step runs every method (the gate is
     forced open), so the fast path's warm start, error estimate and fallbacks are exercised the way a

@@ -92,7 +92,7 @@ def _child(variant: str, k: int, steps: int, batch_size: int, length: int) -> di
         "from sift_cli.output import configure_output\n"
         "configure_output(False)\n"
         "torch.manual_seed(0)\n"
-        "from sift_cli.bench_train import VARIANTS, measure\n"
+        "from sift_cli.bench.train import VARIANTS, measure\n"
         "from sift_cli.hf.loading import load_model, load_tokenizer\n"
         "from sift_cli.spec import ModelSpec\n"
         "spec = ModelSpec()\n"
