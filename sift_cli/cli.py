@@ -83,6 +83,7 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec, routing and memory; train nothing"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue the run in this directory from its last checkpoint"),
     gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="with --dry-run: say whether the run fits one GPU of this size, e.g. 80GiB"),
+    processes: Optional[int] = typer.Option(None, "--processes", help="with --dry-run: memory per rank for this many processes (default: the launcher's WORLD_SIZE, or 1)"),
 ) -> None:
     """Train a model on f (utility) under the constraint g."""
     from sift_cli.spec import resolve_spec
@@ -112,10 +113,15 @@ def train(
         assignments = [f"optim.k={'null' if k_value is None else k_value}", *assignments]
     spec = resolve_spec(app=app_name, preset=preset, config=config, overrides=overrides, assignments=assignments)
     if dry_run:
+        import os
+
         from sift_cli.memory import print_memory
         from sift_cli.plan import print_dry_run
 
-        print_memory(spec, print_dry_run(spec, console), console, gpu_memory)
+        count = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if count < 1:
+            raise SiftError(f"--processes {count} must be at least 1")
+        print_memory(spec, print_dry_run(spec, console), console, gpu_memory, count)
         return
     from sift_cli.train import train as run_training
 
@@ -270,13 +276,25 @@ def env() -> None:
 @user_errors
 def bench_engine(
     k: int = typer.Option(128, "--k", help="top-K subspace size"),
+    stream: list[str] = typer.Option(
+        ["training", "drifting"],
+        help="momentum streams: 'training' (SmolLM2-135M trained on the unlearning CPU preset, about a "
+        "minute on CPU) and/or 'drifting' (rotating low-rank signal plus noise, per block shape)",
+    ),
+    steps: int = typer.Option(30, help="steps per stream"),
+    tol: Optional[float] = typer.Option(None, help="optim.subspace_tol (default: the engine's)"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
 ) -> None:
-    """Per-step optimizer time of AdamW, Muon, exact and fast SIFT, as ratios to Muon."""
+    """Fast SIFT direction along momentum streams: error vs exact (median, p95, max) and time vs Muon."""
     import re
 
-    from sift_cli.bench import run_engine_bench
+    from sift_cli.bench.engine import STREAMS, run_engine_bench
 
+    unknown = [name for name in stream if name not in STREAMS]
+    if unknown:
+        raise SiftError(f"--stream {unknown[0]!r}: expected one of {', '.join(STREAMS)}")
+    if steps < 1:
+        raise SiftError(f"--steps {steps} must be at least 1")
     if k < 1:
         raise SiftError(f"--k {k} must be at least 1")
     if device is not None:
@@ -286,8 +304,7 @@ def bench_engine(
             raise SiftError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise SiftError(f"--device {device} but no CUDA device is visible; use cpu")
-
-    run_engine_bench(k=k, device=device, console=console)
+    run_engine_bench(k=k, streams=stream, steps=steps, tol=tol, device=device, console=console)
 
 
 @bench_app.command("toy")
@@ -297,9 +314,29 @@ def bench_toy(
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
     """A two-task MLP with conflicting objectives: final (f, g) of SIFT, Muon, AdamW and BLUR."""
-    from sift_cli.bench import run_toy_comparison
+    from sift_cli.bench.engine import run_toy_comparison
 
     run_toy_comparison(steps=steps, seed=seed, console=console)
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train(
+    k: int = typer.Option(128, "--k", help="top-K subspace size"),
+    steps: int = typer.Option(2, help="timed steps per method (after one warm-up step)"),
+    batch_size: int = typer.Option(4, "--batch-size", help="sequences per objective"),
+    length: int = typer.Option(128, help="tokens per sequence"),
+) -> None:
+    """Whole training steps of Muon, SIFT (gated, forced) and AdamW on SmolLM2, as ratios to Muon."""
+    from sift_cli.bench.train import run_train_bench
+
+    for flag, value in (("--k", k), ("--steps", steps), ("--batch-size", batch_size), ("--length", length)):
+        if value < 1:
+            raise SiftError(f"{flag} {value} must be at least 1")
+    try:
+        run_train_bench(k=k, steps=steps, batch_size=batch_size, length=length, console=console)
+    except RuntimeError as exc:
+        raise SiftError(str(exc)) from None
 
 
 @bench_app.command("memory")
@@ -319,9 +356,24 @@ def bench_precision(
     k: int = typer.Option(128, "--k", help="top-K subspace size of SIFT"),
 ) -> None:
     """bf16 training with and without master weights, Kahan or stochastic rounding, against fp32."""
-    from sift_cli.bench import run_precision_bench
+    from sift_cli.bench.precision import run_precision_bench
 
     run_precision_bench(steps=steps, lr=lr, k=k, console=console)
+
+
+@bench_app.command("distributed")
+@user_errors
+def bench_distributed(
+    processes: int = typer.Option(2, "--processes", help="processes of the sharded run (against 1)"),
+    layers: int = typer.Option(6, "--layers", help="SmolLM2-135M-shaped decoder layers whose 7 matrices are trained"),
+    steps: int = typer.Option(3, "--steps", help="timed optimizer steps (after 2 warm-up steps)"),
+) -> None:
+    """The sharded (FSDP2) optimizer step on 1 and N CPU processes: seconds per step and memory per rank, as ratios."""
+    from sift_cli.bench.distributed import run_distributed_bench
+
+    if processes < 2 or layers < 1 or steps < 1:
+        raise SiftError("--processes must be at least 2, --layers and --steps at least 1")
+    run_distributed_bench(processes=processes, layers=layers, steps=steps, console=console)
 
 
 def _register_prepare_commands() -> None:

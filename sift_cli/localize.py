@@ -74,6 +74,7 @@ class RunStats:
     blocks: pd.DataFrame
     layers: pd.DataFrame
     sparsity: dict[str, Any]
+    subspace: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def run_stats(log: RunLog) -> RunStats:
         blocks=group_stats(align, ["block", "layer", "component"]),
         layers=group_stats(align, ["layer"]),
         sparsity=sparsity_row(log),
+        subspace=subspace_stats(align),
     )
 
 
@@ -187,6 +189,8 @@ def write_run(log: RunLog, stats: RunStats, out: Path) -> list[str]:
         components = group_stats(align, ["layer", "component"])
         files += write_heatmap(component_heatmap(log, stats, components), log.eps, out / "tau_components")
     files += write_sparsity(pd.DataFrame([stats.sparsity]), out, "sparsity", log.name)
+    if not stats.subspace.empty:
+        files.append(write_csv(stats.subspace, out / "subspace.csv"))
     if not log.spectra.empty:
         ranks = effective_ranks(log.spectra)
         files.append(write_csv(ranks, out / "effective_rank.csv"))
@@ -220,6 +224,25 @@ def group_stats(align: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     )
     columns = ["blocks", "steps", "conflict_steps", "sift_steps", "mean_tau", "min_tau"]
     return stats[columns].reset_index()
+
+
+def subspace_stats(align: pd.DataFrame) -> pd.DataFrame:
+    """Per component, over the SIFT steps of the fast path: the error estimate's median, p95 and max
+    and how often the exact decomposition was taken. Empty when no SIFT step logged an estimate (other
+    methods, exact=True logs 0.0, runs written before the estimate was logged)."""
+    fired = align[align["fired"] & align["subspace_error"].notna()]
+    if fired.empty:
+        return pd.DataFrame()
+    grouped = fired.groupby("component")["subspace_error"]
+    return pd.DataFrame(
+        {
+            "sift_records": grouped.size(),
+            "median_error": grouped.median(),
+            "p95_error": grouped.quantile(0.95),
+            "max_error": grouped.max(),
+            "fallbacks": fired.groupby("component")["subspace_fallback"].sum().astype(int),
+        }
+    ).reset_index()
 
 
 def has_component_detail(align: pd.DataFrame) -> bool:
@@ -578,6 +601,8 @@ def print_run_summary(console: Console, log: RunLog, stats: RunStats, out: Path)
     )
     console.print(top_blocks_table(stats.blocks))
     console.print(top_steps_table(stats.steps))
+    if not stats.subspace.empty:
+        console.print(subspace_table(stats.subspace))
     summary(console, f"localized {log.name}: plots and CSVs", out)
 
 
@@ -595,6 +620,23 @@ def top_blocks_table(blocks: pd.DataFrame) -> Table:
             str(row.sift_steps),
             f"{row.mean_tau:.3f}",
             f"{row.min_tau:.3f}",
+        )
+    return table
+
+
+def subspace_table(subspace: pd.DataFrame) -> Table:
+    title = "Fast SIFT path: estimated error of the top-K direction per component (exact fallbacks)"
+    table = Table(title=title, title_justify="left")
+    for column in ("component", "SIFT steps", "median", "p95", "max", "fallbacks"):
+        table.add_column(column, justify="left" if column == "component" else "right")
+    for row in subspace.itertuples(index=False):
+        table.add_row(
+            escape(row.component),
+            str(row.sift_records),
+            f"{row.median_error:.2%}",
+            f"{row.p95_error:.2%}",
+            f"{row.max_error:.2%}",
+            str(row.fallbacks),
         )
     return table
 

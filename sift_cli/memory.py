@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 from rich.console import Console
@@ -20,6 +21,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
+from sift_cli.engine.optimizer import SUBSPACE_CACHES
 from sift_cli.errors import SiftError
 from sift_cli.plan import optimizer_config, select_trainable, trainable_regex
 from sift_cli.resources import configs_dir
@@ -46,7 +48,7 @@ STATE_PARTS = {
 
 def state_part(key: str) -> str:
     """The memory category of an optimizer state key (`basis_f[q]` is a subspace cache)."""
-    return "subspace caches" if key.startswith("basis_") else STATE_PARTS.get(key, "other")
+    return "subspace caches" if key.startswith(SUBSPACE_CACHES) else STATE_PARTS.get(key, "other")
 
 
 def _nbytes(shape: Iterable[int], dtype: torch.dtype) -> int:
@@ -186,20 +188,43 @@ def estimate(
     cfg: OptimizerConfig,
     forward: Callable[[], object] | None,
     frozen_copy_bytes: int = 0,
+    processes: int = 1,
+    parallel: str = "ddp",
 ) -> MemoryEstimate:
-    """Weights, the two captured gradients (f and g, parameter dtype), optimizer state by category,
-    the step's temporaries and the activations saved by `forward` (None: not estimated)."""
+    """Per rank: weights, the two captured gradients (f and g, parameter dtype), optimizer state by
+    category, the step's temporaries and the activations saved by `forward` (None: not estimated).
+
+    Under DDP with several processes each rank holds everything, plus DDP's gradient buckets (one
+    copy of the trained gradients). Under FSDP2 weights, gradients and optimizer state are divided
+    among the processes (subspace caches live on each block's owner, 1/N of them on average); a rank
+    also holds one decoder layer gathered whole for its forward and backward, and its optimizer step
+    gathers whole momenta of the matrices it owns (the step temporaries, which stay whole) and sends
+    and receives 1/N of the momenta of one shape at a time."""
     opt = SiftOptimizer(named, cfg)
     trained = [p for _, p in named]
-    parts = {"weights": sum(p.nbytes for p in model.parameters())}
+    shard = processes if parallel == "fsdp2" and processes > 1 else 1
+    parts = {"weights": sum(p.nbytes for p in model.parameters()) // shard}
+    if shard > 1:
+        layers = getattr(model.get_decoder(), "layers", []) if hasattr(model, "get_decoder") else []
+        parts["one layer gathered (FSDP2)"] = max((sum(p.nbytes for p in layer.parameters()) for layer in layers), default=0)
     if frozen_copy_bytes:
         parts["frozen reference copy"] = frozen_copy_bytes
-    parts["gradients (f and g)"] = 2 * sum(p.nbytes for p in trained)
-    parts.update({f"optimizer: {part}": size for part, size in layout_bytes(opt).items()})
-    parts["optimizer step temporaries"] = STEP_TRANSIENT_COPIES * 4 * max(p.numel() for p in trained)
+    parts["gradients (f and g)"] = 2 * sum(p.nbytes for p in trained) // shard
+    if processes > 1 and parallel == "ddp":
+        parts["DDP gradient buckets"] = sum(p.nbytes for p in trained)
+    parts.update({f"optimizer: {part}": size // shard for part, size in layout_bytes(opt).items()})
+    temporaries = STEP_TRANSIENT_COPIES * 4 * max(p.numel() for p in trained)
+    if shard > 1:
+        by_shape: dict[tuple[int, ...], int] = {}
+        for p in trained:
+            if p.ndim == 2:
+                by_shape[tuple(p.shape)] = by_shape.get(tuple(p.shape), 0) + p.numel()
+        # both momenta, fp32, sent and received
+        temporaries += 2 * 2 * 4 * max(by_shape.values(), default=0) // shard
+    parts["optimizer step temporaries"] = temporaries
     if forward is not None:
         parts["activations (one micro-batch)"] = saved_activation_bytes(forward, model.parameters())
-    return MemoryEstimate(parts, sum(p.numel() for p in trained))
+    return MemoryEstimate(parts, sum(p.numel() for p in trained) // shard)
 
 
 def parse_size(text: str) -> int:
@@ -327,7 +352,7 @@ def run_memory_bench(console: Console | None = None, cases: tuple[tuple[str, str
     return out
 
 
-def memory_estimate(spec: RunSpec, model: torch.nn.Module) -> MemoryEstimate:
+def memory_estimate(spec: RunSpec, model: torch.nn.Module, processes: int = 1) -> MemoryEstimate:
     """Per-device memory of `spec` on `model` (a meta model: nothing is allocated). Activations are
     those of one micro-batch of the larger objective: a DPO pair is two sequences (safety), and RMU
     stops at the steered layer and keeps a frozen copy of the layers up to it (unlearning)."""
@@ -343,13 +368,19 @@ def memory_estimate(spec: RunSpec, model: torch.nn.Module) -> MemoryEstimate:
     elif spec.app == "safety" and not spec.objective.get("precompute_reference", True):
         frozen = sum(p.nbytes for p in model.parameters())
     forward = language_model_forward(model, rows, spec.data.max_length, stop)
-    return estimate(model, named, cfg, forward, frozen)
+    return estimate(model, named, cfg, forward, frozen, processes, spec.train.parallel)
 
 
-def print_memory(spec: RunSpec, model: torch.nn.Module, console: Console, gpu_memory: str | None = None) -> MemoryEstimate:
-    """The memory table, and with `gpu_memory` whether the run fits one such GPU and what to change."""
-    est = memory_estimate(spec, model)
-    table = Table(title=f"memory per device ({spec.model.dtype} weights, batch {spec.train.batch_size} x {spec.data.max_length} tokens)")
+def print_memory(
+    spec: RunSpec, model: torch.nn.Module, console: Console, gpu_memory: str | None = None, processes: int = 1
+) -> MemoryEstimate:
+    """The memory table per device (per rank of `processes`), and with `gpu_memory` whether the run
+    fits one such GPU and what to change."""
+    est = memory_estimate(spec, model, processes)
+    launch = f", {processes} processes ({spec.train.parallel}), per rank" if processes > 1 else ""
+    table = Table(
+        title=f"memory per device ({spec.model.dtype} weights, batch {spec.train.batch_size} x {spec.data.max_length} tokens{launch})"
+    )
     table.add_column("part")
     table.add_column("GiB", justify="right")
     for part, size in est.parts.items():
@@ -370,5 +401,5 @@ def print_memory(spec: RunSpec, model: torch.nn.Module, console: Console, gpu_me
             cfg = optimizer_config(spec.optim, getattr(model, "config", None))
             for flag, saved in savings(est, model, named, cfg):
                 console.print(f"  {flag}: saves {saved / GiB:,.1f} GiB")
-            console.print("  or shard the run across GPUs (the next release adds FSDP)")
+            console.print("  or shard the run across GPUs: --set train.parallel=fsdp2 with --processes N (see README)")
     return est

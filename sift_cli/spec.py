@@ -88,6 +88,11 @@ class TrainSpec(_Strict):
     deterministic: bool = Field(
         False, description="torch deterministic algorithms (bit-reproducible GPU runs, slower; recorded in env.json)"
     )
+    parallel: Literal["ddp", "fsdp2"] = Field(
+        "ddp",
+        description="under several processes: ddp (replicated model, gradients averaged by DDP) or fsdp2 "
+        "(parameters, gradients and optimizer state sharded); batch_size stays per process",
+    )
     report_to: Literal["none", "tensorboard", "wandb"] = Field(
         "none", description="also send metrics to an experiment tracker (accelerate's trackers); none: metrics.jsonl only"
     )

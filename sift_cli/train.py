@@ -12,10 +12,11 @@ import math
 import os
 import platform
 import random
+import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,11 +38,13 @@ from sift_cli import tracking
 from sift_cli.apps import get_app
 from sift_cli.apps.base import Batch, Objectives
 from sift_cli.engine import Route, SiftOptimizer, StepReport
+from sift_cli.engine.distributed import local as local_part
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import naming
+from sift_cli.hf.loading import load_model, load_tokenizer
 from sift_cli.hf.model_card import write_model_card
 from sift_cli.output import summary
-from sift_cli.hf.loading import load_model, load_tokenizer
+from sift_cli.parallel import LAUNCH_HINT, Ranks, check_launch, process_group_closed
 from sift_cli.plan import (
     optimizer_config,
     plan_routes,
@@ -55,7 +58,8 @@ from sift_cli.store.prepared import PreparedData, copy_tables, load_prepared
 from sift_cli.store.rundir import ENV, POME, RunDir
 from sift_cli.store.transaction import staged_directory
 
-CHECKPOINT_GLOB = "step-*.pt"
+CHECKPOINT_GLOB = "step-*"
+"""`step-NNNNNNN.pt` (one process, DDP) or `step-NNNNNNN/` (FSDP2: sharded, see sift_cli.fsdp)."""
 KEEP_CHECKPOINTS = 2
 
 
@@ -141,7 +145,7 @@ def set_deterministic(on: bool) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
-def environment(device: torch.device, world_size: int, seed: int) -> dict[str, Any]:
+def environment(device: torch.device, world_size: int, seed: int, parallel: str) -> dict[str, Any]:
     import transformers
 
     return {
@@ -153,6 +157,7 @@ def environment(device: torch.device, world_size: int, seed: int) -> dict[str, A
         "device": str(device),
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "world_size": world_size,
+        "parallel": parallel if world_size > 1 else "none",
         "seed": seed,
         "deterministic": torch.are_deterministic_algorithms_enabled(),
     }
@@ -167,10 +172,16 @@ class UnreadableCheckpoint(Exception):
     """A checkpoint file that does not load (truncated, empty, not a torch archive)."""
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's state, loaded without executing code; any failure to load it is UnreadableCheckpoint."""
+def read_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
+    """A checkpoint's state (of a sharded one, this rank's unsharded part), loaded without executing
+    code; any failure to load it is UnreadableCheckpoint."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.is_dir():
+            from sift_cli.fsdp import read_rank_file
+
+            state = read_rank_file(path, rank)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError... for a damaged file
         raise UnreadableCheckpoint(first_line(exc, 100)) from None
     if not isinstance(state, dict) or "step" not in state:
@@ -197,17 +208,52 @@ def fit_lines(objectives: Objectives, max_length: int) -> list[str]:
     ]
 
 
+class ObjectiveModel(torch.nn.Module):
+    """The model with the two losses as its forward, which is what DDP wraps: each objective's
+    micro-batch is one forward and backward of the wrapper, so DDP averages that objective's gradient
+    across ranks (bucketed, overlapped with backward) before the optimizer captures it. The losses get
+    the plain model, so an app's forward hooks (RMU stops the forward at a layer by raising) stay
+    inside this forward and never cut a DDP iteration short."""
+
+    def __init__(self, model: torch.nn.Module, objectives: Objectives) -> None:
+        super().__init__()
+        self.model = model
+        self._losses = {"f": objectives.loss_f, "g": objectives.loss_g}
+
+    def forward(self, which: str, batch: Batch) -> torch.Tensor:
+        return self._losses[which](self.model, batch)
+
+
+def make_accelerator(spec: RunSpec, run_path: Path) -> Any:
+    """The run's accelerator (it joins the launcher's process group); CPU unless CUDA is asked for or,
+    under train.device=auto, present."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if spec.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SiftError(f"train.device={spec.train.device} but no CUDA device is visible; use auto or cpu")
+    cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
+    # Buffers (rotary tables) are identical on every rank: broadcasting them at every forward is waste.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    check_launch()
+    try:
+        accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp], **tracking.accelerator_kwargs(spec.train.report_to, run_path))
+    except (ValueError, RuntimeError) as exc:
+        raise SiftError(f"cannot join the launcher's processes ({first_line(exc, 160)}); {LAUNCH_HINT}") from None
+    check_launch(accelerator.num_processes)
+    return accelerator
+
+
 class Trainer:
-    """One run: model, objectives, optimizer and schedule, stepping and checkpointing."""
+    """One run: model, objectives, optimizer and schedule, stepping and checkpointing.
 
-    def __init__(self, spec: RunSpec, run: RunDir, console: Console) -> None:
-        from accelerate import Accelerator
+    Under several processes every rank builds the same model and optimizer; `train.parallel: ddp`
+    wraps the objectives in DDP. Only rank 0 writes the run directory."""
 
+    def __init__(self, spec: RunSpec, run: RunDir, console: Console, accelerator: Any) -> None:
         self.spec, self.run, self.console = spec, run, console
-        if spec.train.device.startswith("cuda") and not torch.cuda.is_available():
-            raise SiftError(f"train.device={spec.train.device} but no CUDA device is visible; use auto or cpu")
-        cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
-        self.accelerator = Accelerator(cpu=cpu, **tracking.accelerator_kwargs(spec.train.report_to, run.path))
+        self.accelerator = accelerator
+        self.ranks = Ranks(accelerator)
         self.device = self.accelerator.device
         set_deterministic(spec.train.deterministic)
         seed_everything(spec.train.seed)
@@ -229,9 +275,14 @@ class Trainer:
         self.spectral: dict[str, Route] = {
             block.name: route for route in routes if route.kind == "spectral" for block in route.blocks()
         }
-        self.optimizer = SiftOptimizer(self.named, optimizer_config(spec.optim, model_config))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(spec.train))
-        self.spec_lrs = list(self.scheduler.base_lrs)
+        self.objective_model: torch.nn.Module = ObjectiveModel(self.model, self.objectives)
+        self.model_config = model_config
+        self.sharded = spec.train.parallel == "fsdp2" and self.ranks.distributed
+        if self.sharded and spec.train.spectra_every:
+            raise SiftError(
+                "train.spectra_every needs whole momenta, which train.parallel=fsdp2 shards; set train.spectra_every=0 "
+                "or use train.parallel=ddp"
+            )
         seed = spec.train.seed
         self.streams = {
             "f": IndexStream(len(self.objectives.f_data), seed=2 * seed + 1),
@@ -239,27 +290,84 @@ class Trainer:
         }
         self.step = 0
 
-    def save_checkpoint(self) -> None:
-        state = {
+    def distribute(self) -> None:
+        """Wrap the objectives for the launch's processes (DDP, or FSDP2 sharding; nothing under one
+        process), then build the optimizer on the parameters as wrapped (fully_shard replaces them by
+        DTensors). It is a collective, so it runs after every rank has built its trainer without error."""
+        if self.sharded:
+            from sift_cli.fsdp import shard_model
+
+            shard_model(self.model, self.device, self.ranks.world)
+            self.named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        else:
+            self.objective_model = self.accelerator.prepare(self.objective_model)
+        self.optimizer = SiftOptimizer(self.named, optimizer_config(self.spec.optim, self.model_config))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(self.spec.train))
+        self.spec_lrs = list(self.scheduler.base_lrs)
+
+    def _position(self) -> dict[str, Any]:
+        """What is not weights or optimizer state: where the run is and how to continue it exactly."""
+        return {
             "step": self.step,
-            "weights": {name: param.detach().cpu() for name, param in self.named},
-            "optimizer": self.optimizer.state_dict(),
+            "world_size": self.ranks.world,
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
             "data_position": {key: stream.position for key, stream in self.streams.items()},
         }
+
+    def save_checkpoint(self) -> None:
+        """Rank 0 writes the step's state (under DDP every rank holds the same weights and optimizer
+        state); the others wait, so that no rank runs ahead of a checkpoint that may be its resume point.
+        Under FSDP2 every rank writes its shards (sift_cli.fsdp)."""
+        if self.sharded:
+            from sift_cli.fsdp import save_sharded
+
+            save_sharded(self.run.checkpoints / f"step-{self.step:07d}", self.named, self.optimizer, self._position(), self.ranks.main)
+            self._prune_checkpoints()
+            self.ranks.barrier()
+            return
+        if not self.ranks.main:
+            self.ranks.barrier()
+            return
+        state = {
+            **self._position(),
+            "weights": {name: param.detach().cpu() for name, param in self.named},
+            "optimizer": self.optimizer.state_dict(),
+        }
         path = self.run.checkpoints / f"step-{self.step:07d}.pt"
         write_with(path, lambda tmp: torch.save(state, tmp))
+        self._prune_checkpoints()
+        self.ranks.barrier()
+
+    def _prune_checkpoints(self) -> None:
+        if not self.ranks.main:
+            return
         for old in sorted(self.run.checkpoints.glob(CHECKPOINT_GLOB))[:-KEEP_CHECKPOINTS]:
-            old.unlink()
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
 
     def load_checkpoint(self, state: dict[str, Any], name: str) -> None:
-        """Restore a checkpoint's state; one that does not fit this run's parameters is a one-line error."""
+        """Restore a checkpoint's state; one that does not fit this run's parameters or its number of
+        processes is a one-line error."""
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.ranks.world:
+            raise SiftError(
+                f"{name} was written by {saved_world} process(es) and this resume has {self.ranks.world}: the global batch "
+                f"(processes x train.batch_size) would change; resume with {saved_world} "
+                f"(`torchrun --nproc_per_node {saved_world} $(which sift) train --resume {self.run.path}`)"
+            )
         try:
-            with torch.no_grad():
-                for param_name, param in self.named:
-                    param.copy_(state["weights"][param_name].to(param.device))
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sharded:
+                from sift_cli.fsdp import load_sharded
+
+                load_sharded(self.run.checkpoints / name, self.named, self.optimizer, state)
+            else:
+                with torch.no_grad():
+                    for param_name, param in self.named:
+                        param.copy_(state["weights"][param_name].to(param.device))
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
         except KeyError as exc:
             raise SiftError(
@@ -279,7 +387,7 @@ class Trainer:
         skipped = []
         for path in sorted(self.run.checkpoints.glob(CHECKPOINT_GLOB), reverse=True):
             try:
-                state = read_checkpoint(path)
+                state = read_checkpoint(path, self.ranks.rank)
             except UnreadableCheckpoint as exc:
                 skipped.append(path.name)
                 self.console.print(f"[yellow]warning:[/yellow] {path.name} is unreadable ({exc}); trying the one before it")
@@ -313,37 +421,44 @@ class Trainer:
         return {key: value.to(self.device) for key, value in collate([data[i] for i in mine]).items()}
 
     def _objective_gradient(self, which: str) -> float:
-        """Accumulate one objective's gradient over the micro-batches; return its mean loss."""
-        loss_fn = self.objectives.loss_f if which == "f" else self.objectives.loss_g
+        """Accumulate one objective's gradient over the micro-batches; return this rank's mean loss.
+
+        Under DDP the gradients of all but the last micro-batch stay local (`no_sync`), so the
+        wrapper averages the accumulated gradient across ranks once, in buckets, during the last
+        backward; the optimizer then captures it as the objective's gradient."""
         accum = self.spec.train.grad_accum
         total = 0.0
-        for _ in range(accum):
-            loss = loss_fn(self.model, self._batch(which))
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingStopped(
-                    f"loss_{which} became {value} at step {self.step + 1}; check the data, or continue from the last "
-                    f"good checkpoint with a lower rate: `sift train --resume {self.run.path} --lr {self.spec.optim.lr / 10:g}`"
-                )
-            (loss / accum).backward()
-            total += value / accum
-        if self.accelerator.num_processes > 1:
-            for _, param in self.named:
-                if param.grad is not None:
-                    param.grad = self.accelerator.reduce(param.grad, reduction="mean")
+        for micro in range(accum):
+            last = micro == accum - 1
+            if self.sharded:
+                # FSDP2's no_sync: keep unsharded gradients local until the last micro-batch reduce-scatters them
+                self.model.set_requires_gradient_sync(last)
+            local = self.accelerator.no_sync(self.objective_model) if not last and not self.sharded else nullcontext()
+            with local:
+                loss = self.objective_model(which, self._batch(which))
+                (loss / accum).backward()
+            total += loss.item() / accum
         self.optimizer.capture(which)
         return total
 
     def train_step(self) -> tuple[float, float, StepReport]:
         self.model.train()
-        loss_f = self._objective_gradient("f")
-        loss_g = self._objective_gradient("g")
+        local_f = self._objective_gradient("f")
+        local_g = self._objective_gradient("g")
+        loss_f, loss_g = self.ranks.mean([local_f, local_g])
+        for which, value in (("f", loss_f), ("g", loss_g)):
+            if not math.isfinite(value):
+                raise TrainingStopped(
+                    f"loss_{which} became {value} at step {self.step + 1}; check the data, or continue from the last "
+                    f"good checkpoint with a lower rate: `sift train --resume {self.run.path} --lr {self.spec.optim.lr / 10:g}`"
+                )
         report = self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        finite = torch.stack([torch.isfinite(param).all() for _, param in self.named])
-        if not bool(finite.all()):
-            name = self.named[int((~finite).nonzero()[0])][0]
+        finite = torch.stack([torch.isfinite(local_part(param)).all() for _, param in self.named])
+        if self.ranks.any(not bool(finite.all())):
+            bad = (~finite).nonzero()
+            name = self.named[int(bad[0])][0] if len(bad) else "a parameter shard of another rank"
             raise TrainingStopped(
                 f"the update made {name} non-finite at step {self.step}; continue from the last good checkpoint "
                 f"with a lower rate: `sift train --resume {self.run.path} --lr {self.spec.optim.lr / 10:g}`"
@@ -351,6 +466,9 @@ class Trainer:
         return loss_f, loss_g, report
 
     def log(self, loss_f: float, loss_g: float, report: StepReport, seconds: float) -> None:
+        """Rank 0 appends the step's metrics and alignment rows (every rank's report is the same)."""
+        if not self.ranks.main:
+            return
         spectral = [block for block in report.blocks if block.name in self.spectral]
         if self.step % self.spec.train.log_every == 0 or self.step == self.spec.train.steps:
             record = {
@@ -379,6 +497,8 @@ class Trainer:
                 "tau": getattr(block, tau_key),
                 "branch": block.branch,
                 "candidate": self.spectral[block.name].candidate,
+                "subspace_error": block.subspace_error,
+                "subspace_fallback": block.subspace_fallback,
             }
             for block in spectral
         )
@@ -390,10 +510,19 @@ class Trainer:
                 self.run.append_spectra(self.step, name, "g", s_g.tolist())
 
     def save_model(self) -> None:
-        """Write model/ as one transaction, so a kill mid-save never leaves a half-written model."""
-        with staged_directory(self.run.model_dir) as staging:
-            self.accelerator.unwrap_model(self.model).save_pretrained(staging)
-            self.tokenizer.save_pretrained(staging)
+        """Rank 0 writes model/ as one transaction, so a kill mid-save never leaves a half-written model."""
+        if self.sharded:
+            from sift_cli.fsdp import full_state_dict
+
+            weights = full_state_dict(self.model)  # a collective: every rank gathers, rank 0 keeps
+        if self.ranks.main:
+            with staged_directory(self.run.model_dir) as staging:
+                if self.sharded:
+                    self.model.save_pretrained(staging, state_dict=weights)
+                else:
+                    self.model.save_pretrained(staging)
+                self.tokenizer.save_pretrained(staging)
+        self.ranks.barrier()
 
 
 @contextmanager
@@ -482,76 +611,121 @@ def train(spec: RunSpec, console: Console | None = None, resume: bool = False, c
     completion and return its run directory.
 
     A new run writes nothing until the model, the data and the plan have loaded and been checked; the
-    run directory is locked against other processes for as long as this one writes it."""
+    run directory is locked against other processes for as long as this one writes it. Under a
+    launcher (torchrun, accelerate launch) every rank runs this: all ranks check and load, rank 0
+    alone takes the lock and writes while the others wait for it, and a refusal on any rank is the
+    same one-line error on every rank."""
     console = console or Console()
     tracking.check_tracker(spec.train.report_to)
+    if not resume:
+        spec = absolute_spec(spec)
     run = RunDir(Path(spec.output))
-    if resume:
-        if (run.path / POME).is_file():
-            raise SiftError(f"{run.path} is a POME edit of another run, not a training run; resume the source run instead")
-        with locked(run.path, "resume it"):
-            return _resume(spec, run, console, changes or {})
-    spec = absolute_spec(spec)
-    run = RunDir(Path(spec.output))
-    check_new_output(run.path)
-    trainer = Trainer(spec, run, console)
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SiftError(f"cannot create {run.path} ({exc.strerror}); pass another --output") from None
-    with locked(run.path, "train into it"):
+    with process_group_closed():
+        accelerator = make_accelerator(spec, run.path)
+        ranks = Ranks(accelerator)
+        if not ranks.main:
+            console = Console(quiet=True)
+        with ExitStack() as held:
+            if resume:
+                return _resume(spec, run, console, changes or {}, accelerator, held)
+            return _start(spec, run, console, accelerator, held)
+
+
+def _start(spec: RunSpec, run: RunDir, console: Console, accelerator: Any, held: ExitStack) -> RunDir:
+    ranks = Ranks(accelerator)
+    # Every rank checks the target before any rank writes it, so none finds rank 0's spec.yaml.
+    ranks.agreed(lambda: check_new_output(run.path))
+    trainer = ranks.agreed(lambda: Trainer(spec, run, console, accelerator))
+    trainer.distribute()
+
+    def claim() -> None:
+        if not ranks.main:
+            return
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SiftError(f"cannot create {run.path} ({exc.strerror}); pass another --output") from None
+        held.enter_context(locked(run.path, "train into it"))
         check_new_output(run.path)
         run.remove_temporary()
         write_text(run.spec_path, spec.to_yaml())
         copy_tables(trainer.data, run.data_dir, get_app(spec.app).EVAL_TABLES)
-        run.append_history(history_record("start", step=0))
-        return _run(trainer, console)
+        run.append_history(history_record("start", step=0, processes=ranks.world))
+
+    ranks.agreed(claim)
+    return _run(trainer, console)
 
 
-def _resume(spec: RunSpec, run: RunDir, console: Console, changes: dict[str, list[Any]]) -> RunDir:
-    removed = run.remove_temporary()
-    if removed:
-        console.print(f"removed {len(removed)} temporary file(s) of an interrupted write: {', '.join(removed[:3])}")
+def _resume(spec: RunSpec, run: RunDir, console: Console, changes: dict[str, list[Any]], accelerator: Any, held: ExitStack) -> RunDir:
+    ranks = Ranks(accelerator)
+
+    def claim() -> None:
+        if (run.path / POME).is_file():
+            raise SiftError(f"{run.path} is a POME edit of another run, not a training run; resume the source run instead")
+        if ranks.main:
+            held.enter_context(locked(run.path, "resume it"))
+            removed = run.remove_temporary()
+            if removed:
+                console.print(f"removed {len(removed)} temporary file(s) of an interrupted write: {', '.join(removed[:3])}")
+
+    ranks.agreed(claim)
     latest = latest_checkpoint(run)
     done = int(latest.stem.removeprefix("step-")) if latest is not None else 0
-    if spec.train.steps < done:
-        raise SiftError(f"{run.path} is at step {done}; --steps {spec.train.steps} would undo training, pass at least {done}")
-    trainer = Trainer(spec, run, console)
-    checkpoint, skipped = trainer.restore_latest()
-    if changes:
-        trainer.use_spec_learning_rates()
-        write_text(run.spec_path, spec.to_yaml())
-        console.print("resume changes " + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()))
-    if checkpoint is not None:
-        console.print(f"resumed from {checkpoint.name} (step {trainer.step})")
-    if not run.data_dir.is_dir():
-        copy_tables(trainer.data, run.data_dir, get_app(spec.app).EVAL_TABLES)
-    run.append_history(
-        history_record("resume", step=trainer.step, checkpoint=checkpoint.name if checkpoint else None, changes=changes, unreadable=skipped)
-    )
+
+    def load() -> Trainer:
+        if spec.train.steps < done:
+            raise SiftError(f"{run.path} is at step {done}; --steps {spec.train.steps} would undo training, pass at least {done}")
+        return Trainer(spec, run, console, accelerator)
+
+    trainer = ranks.agreed(load)
+    trainer.distribute()
+    checkpoint, skipped = ranks.agreed(trainer.restore_latest)
+
+    def record() -> None:
+        if changes:
+            trainer.use_spec_learning_rates()
+        if not ranks.main:
+            return
+        if changes:
+            write_text(run.spec_path, spec.to_yaml())
+            console.print("resume changes " + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()))
+        if checkpoint is not None:
+            console.print(f"resumed from {checkpoint.name} (step {trainer.step})")
+        if not run.data_dir.is_dir():
+            copy_tables(trainer.data, run.data_dir, get_app(spec.app).EVAL_TABLES)
+        run.append_history(history_record(
+            "resume", step=trainer.step, checkpoint=checkpoint.name if checkpoint else None, changes=changes,
+            unreadable=skipped, processes=ranks.world,
+        ))  # fmt: skip
+
+    ranks.agreed(record)
     return _run(trainer, console)
 
 
 def _run(trainer: Trainer, console: Console) -> RunDir:
-    run, spec = trainer.run, trainer.spec
-    for note in [*trainer.objectives.notes, *fit_lines(trainer.objectives, spec.data.max_length)]:
-        console.print(note)
-    run.truncate_logs(trainer.step)
-    write_json(run.path / ENV, environment(trainer.device, trainer.accelerator.num_processes, spec.train.seed))
+    run, spec, ranks = trainer.run, trainer.spec, trainer.ranks
+    if ranks.main:
+        for note in [*trainer.objectives.notes, *fit_lines(trainer.objectives, spec.data.max_length)]:
+            console.print(note)
+        run.truncate_logs(trainer.step)
+        write_json(run.path / ENV, environment(trainer.device, ranks.world, spec.train.seed, spec.train.parallel))
     tracking.start(trainer.accelerator, spec.train.report_to, spec.model_dump(mode="json"), run.path.name)
     try:
         _loop(trainer, console)
+        trainer.save_model()
     finally:
+        # Ends the trackers, and under a launcher the process group: every collective is done by now.
         trainer.accelerator.end_training()
-    trainer.save_model()
-    write_model_card(run, spec)
-    last = run.read_metrics().iloc[-1]
-    summary(
-        console,
-        f"trained {spec.app} with {spec.optim.method}: {trainer.step} steps, "
-        f"loss_f {last['loss_f']:.4g}, loss_g {last['loss_g']:.4g}; model/ with its model card",
-        run.path,
-    )
+    if ranks.main:
+        write_model_card(run, spec)
+        last = run.read_metrics().iloc[-1]
+        processes = f" on {ranks.world} processes ({spec.train.parallel})" if ranks.distributed else ""
+        summary(
+            console,
+            f"trained {spec.app} with {spec.optim.method}{processes}: {trainer.step} steps, "
+            f"loss_f {last['loss_f']:.4g}, loss_g {last['loss_g']:.4g}; model/ with its model card",
+            run.path,
+        )
     return run
 
 
@@ -565,7 +739,7 @@ def _loop(trainer: Trainer, console: Console) -> None:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with interrupt_flag() as flag, Progress(*columns, console=console, transient=False) as progress:
+    with interrupt_flag() as flag, Progress(*columns, console=console, transient=False, disable=not trainer.ranks.main) as progress:
         task = progress.add_task(
             f"{spec.app}/{spec.optim.method}", total=spec.train.steps, completed=trainer.step, loss_f=math.nan, loss_g=math.nan, n_sift=0
         )
@@ -576,7 +750,7 @@ def _loop(trainer: Trainer, console: Console) -> None:
             progress.update(task, completed=trainer.step, loss_f=loss_f, loss_g=loss_g, n_sift=report.n_sift)
             if trainer.step % spec.train.checkpoint_every == 0 or trainer.step == spec.train.steps:
                 trainer.save_checkpoint()
-            if flag["stop"]:
+            if trainer.ranks.any(flag["stop"]):
                 trainer.save_checkpoint()
                 raise TrainingStopped(
                     f"interrupted at step {trainer.step}; checkpoint written, continue with `sift train --resume {trainer.run.path}`"

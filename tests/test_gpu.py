@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_engine_optimizer import feed, grad_stream, make_params
 from torch import nn
 
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 from sift_cli.engine.precision import join_fp32
-from test_engine_optimizer import feed, grad_stream, make_params
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -70,7 +70,8 @@ def synthetic_run(path: Path, layers: int, steps: int, method: str = "sift", see
             "candidate": method == "sift",
         }
     )
-    (run.path / ALIGNMENT).write_text(frame[list(ALIGNMENT_COLUMNS)].to_csv(index=False), encoding="utf-8")
+    # Written without the subspace columns, as runs logged before they existed.
+    (run.path / ALIGNMENT).write_text(frame.to_csv(index=False), encoding="utf-8")
     return {"tau": tau, "fired": fired}
 
 
@@ -81,9 +82,9 @@ def tiny_rows(steps: int = 10) -> list[dict]:
     for step in range(1, steps + 1):
         for layer in range(3):
             tau = 0.2 + 0.01 * layer
-            branch = "muon"
+            branch, error = "muon", math.nan
             if layer == 1 and step % 2:
-                tau, branch = -0.3 - 0.01 * step, "sift"
+                tau, branch, error = -0.3 - 0.01 * step, "sift", 0.001 * step
             if layer == 2 and step == 4:
                 tau = -0.5
             rows.append(
@@ -97,6 +98,8 @@ def tiny_rows(steps: int = 10) -> list[dict]:
                     "tau": tau,
                     "branch": branch,
                     "candidate": True,
+                    "subspace_error": error,
+                    "subspace_fallback": step == 5,
                 }
             )
     return rows
@@ -226,6 +229,28 @@ def test_tiny_run_counts(tiny):
     assert sparsity["density_sift"] == pytest.approx(5 / 30)
     assert sparsity["temporal_conflict"] == pytest.approx(0.6)
     assert not (plots / "tau_components.png").exists()
+
+
+def test_tiny_run_subspace_error_summary(tiny):
+    path, rows, _ = tiny
+    subspace = pd.read_csv(path / "plots" / "subspace.csv").set_index("component")
+    errors = [row["subspace_error"] for row in rows if row["branch"] == "sift"]
+    assert subspace.loc["down", "sift_records"] == len(errors) == 5
+    assert subspace.loc["down", "median_error"] == pytest.approx(np.median(errors))
+    assert subspace.loc["down", "max_error"] == pytest.approx(0.009)
+    assert subspace.loc["down", "fallbacks"] == 1
+
+
+def test_old_alignment_log_reads_without_subspace_columns(big, tmp_path):
+    path = big[0]
+    assert not (path / "plots" / "subspace.csv").exists()
+    frame = RunDir(path).read_alignment()
+    assert frame["subspace_error"].isna().all() and not frame["subspace_fallback"].any()
+    old = write_spec(tmp_path / "old", steps=2)
+    (old.path / ALIGNMENT).write_text(",".join(ALIGNMENT_COLUMNS[:-2]) + "\n", encoding="utf-8")
+    old.append_alignment([dict(tiny_rows()[4], subspace_error=0.5)])
+    appended = old.read_alignment()
+    assert len(appended) == 1 and math.isnan(appended.loc[0, "subspace_error"])
 
 
 def test_tiny_run_effective_rank(tiny):

@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from helpers import tiny_llama
 from rich.console import Console
 
-from helpers import tiny_llama
 from sift_cli import memory
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 

@@ -2,7 +2,7 @@
 the released code's step on the same gradients.
 
 The released code's step is re-created from its formula: rule x lr x its direction (full SVDs, SVD polar
-factors; sift_cli.bench.released_code_direction). Its settings: unlearning, lr 0.016 with the sqrt ("kj")
+factors; sift_cli.bench.engine.released_code_direction). Its settings: unlearning, lr 0.016 with the sqrt ("kj")
 rule (from the released code); the other apps, the paper's lr 2e-5 under match_rms_adamw (the released
 code could not be checked offline; see each preset's comment). Blocks have the preset model's trained
 shapes divided by SCALE, with K divided too: a direction's RMS relative to Muon's depends on 2K / min(m, n)
@@ -18,12 +18,18 @@ import pytest
 import torch
 from torch import nn
 
-from sift_cli.bench import decaying_matrix, released_code_direction
+from sift_cli.bench.engine import released_code_direction
+from sift_cli.bench.precision import decaying_matrix
 from sift_cli.engine import SiftOptimizer, spectral_scale
 from sift_cli.engine.precision import join_fp32
 from sift_cli.memory import model_from_config
+from sift_cli.plan import (
+    optimizer_config,
+    plan_routes,
+    select_trainable,
+    trainable_regex,
+)
 from sift_cli.spec import resolve_spec
-from sift_cli.plan import optimizer_config, plan_routes, select_trainable, trainable_regex
 
 SCALE = 16
 RELEASED = {
@@ -53,8 +59,8 @@ def test_one_step_of_each_paper_preset_moves_weights_like_the_released_code(pres
     for m, n in trained_shapes(preset, model_name):
         m, n = max(m // SCALE, 8), max(n // SCALE, 8)
         w0 = (0.02 * torch.randn(m, n, generator=gen)).to(torch.bfloat16)
-        g_f = decaying_matrix(m, n, gen, "cpu")
-        g_g = tau * g_f + math.sqrt(1 - tau**2) * decaying_matrix(m, n, gen, "cpu")
+        g_f = decaying_matrix(m, n, gen)
+        g_g = tau * g_f + math.sqrt(1 - tau**2) * decaying_matrix(m, n, gen)
         g_f, g_g = g_f.to(torch.bfloat16), g_g.to(torch.bfloat16)
         p = nn.Parameter(w0.clone())
         opt = SiftOptimizer([("model.layers.0.mlp.w.weight", p)], cfg)

@@ -73,6 +73,9 @@ def test_train_writes_a_run_directory_that_later_commands_read(tiny_model_dir, d
     assert alignment["tau"].between(-1, 1).all()
     fired = alignment[alignment["branch"] == "sift"].groupby("step").size().reindex([1, 2, 3], fill_value=0)
     assert list(fired) == list(metrics["n_sift"])
+    sift = alignment["branch"] == "sift"
+    assert alignment.loc[sift, "subspace_error"].between(0, spec.optim.subspace_tol).all()
+    assert alignment.loc[~sift, "subspace_error"].isna().all()
     assert set(run.read_spectra()["step"]) == {2}
 
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["step-0000003.pt"]

@@ -56,11 +56,11 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
     """Mean and 95% interval per chosen configuration and metric, and its paired difference to the
     reference method (marked * only when the test and the interval both say it differs). Columns: the
     app's metrics in declared order (utility, constraint, the rest), then MCQ accuracies, each headed with
-    its test sample size."""
+    its test sample size; 1/0 outcomes show as percentages."""
     first = next(iter(rows.values()))
     declared = [m.name for m in metrics.metrics if m.name in first]
     names = declared + [name for name in first if name not in declared]
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", caption_justify="left")
     table.add_column("model")
     for metric in names:
         table.add_column(f"{column_label(metric, metrics)}\nn={first[metric].n}", justify="right")
@@ -69,13 +69,17 @@ def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dic
         label = name if choice is None else f"{name}\nlr {choice.lr:g}" + ("" if choice.qualified else " (!)")
         cells = []
         for metric in names:
-            interval = intervals[metric]
-            cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
-            test = tests.get(name, {}).get(metric)
+            interval, test = intervals[metric], tests.get(name, {}).get(metric)
+            if is_binary(metric, metrics):
+                cell = f"{interval.mean:.0%}\n[{interval.low:.0%}, {interval.high:.0%}]"
+                change = f"{100 * test.difference:+.0f} pts" if test is not None else ""
+            else:
+                cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
+                change = f"{test.difference:+.2g}" if test is not None else ""
             if test is not None:
                 # a bootstrap p of 0 means no resample crossed zero: below its resolution, not zero
                 p_text = f"p<{2 / RESAMPLES:.0g}" if test.p_value == 0.0 else f"p={test.p_value:.2g}"
-                cell += f"\nΔ {test.difference:+.2g} {p_text}{' *' if test.significant else ''}"
+                cell += f"\nΔ {change} {p_text}{' *' if test.significant else ''}"
             cells.append(cell)
         table.add_row(label, *cells)
     return table

@@ -5,18 +5,34 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .config import OptimizerConfig, ScaleRule
-from .direction import combine_subspaces, sift_direction, top_k_tracked
+from .config import OptimizerConfig
+from .direction import (
+    CACHE_DTYPE,
+    WarmStart,
+    combine_subspaces,
+    sift_direction,
+    top_k_tracked,
+)
+from .distributed import ShardedStep, is_sharded
 from .linalg import alignment, msign, sketch_width, warm_sketch_width
-from .precision import STOCHASTIC_SEED, Layout, fp32_weights, init_weight_state, weight_layout, write_weights
+from .precision import (
+    STOCHASTIC_SEED,
+    Layout,
+    fp32_weights,
+    init_weight_state,
+    weight_layout,
+    write_weights,
+)
 from .routing import Block, Route, route_parameters
-from .updates import adamw_update, blur_combine
+from .updates import adamw_update, blur_combine, spectral_scale
 
+SUBSPACE_CACHES = ("left_", "basis_")
+"""State-key prefixes of the fast SIFT path's per-block caches, made by a block's first SIFT step."""
 Objective = Literal["f", "g"]
 Branch = Literal["sift", "muon", "adamw"]
 
@@ -24,13 +40,27 @@ Branch = Literal["sift", "muon", "adamw"]
 @dataclass(frozen=True)
 class BlockReport:
     """One gated block (a parameter, or a row slice `name[label]` of a fused one). tau_momentum is nan
-    for AdamW-routed parameters, which keep no per-objective momenta."""
+    for AdamW-routed parameters, which keep no per-objective momenta.
+
+    subspace_error: on the SIFT branch, the larger of the two momenta's estimated relative errors of the
+    top-k direction (0.0 when exact), nan on other branches; subspace_fallback: the tolerance was out of
+    reach for at least one momentum and the exact decomposition was taken."""
 
     name: str
     shape: tuple[int, ...]
     tau_grad: float
     tau_momentum: float
     branch: Branch
+    subspace_error: float = math.nan
+    subspace_fallback: bool = False
+
+
+class SubspaceQuality(NamedTuple):
+    """How exact a block's SIFT direction is: the worse momentum's error estimate (nan: no SIFT step)
+    and whether the exact decomposition had to be taken."""
+
+    error: float = math.nan
+    fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -40,15 +70,6 @@ class StepReport:
     seconds: float
     blocks: list[BlockReport]
     n_sift: int
-
-
-def spectral_scale(shape: tuple[int, ...], rule: ScaleRule) -> float:
-    """Step multiplier s(m, n) of an orthogonalized update.
-
-    "kj": sqrt(max(1, m/n)) (Keller Jordan's Muon); "match_rms_adamw": 0.2 sqrt(max(m, n)), which gives
-    the update roughly AdamW's RMS so AdamW learning rates carry over."""
-    m, n = shape
-    return math.sqrt(max(1.0, m / n)) if rule == "kj" else 0.2 * math.sqrt(max(m, n))
 
 
 class SiftOptimizer(torch.optim.Optimizer):
@@ -76,6 +97,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         self._routes: dict[nn.Parameter, Route] = {p: r for (_, p), r in zip(named_params, routes)}
         self._blocks: dict[nn.Parameter, list[Block]] = {p: r.blocks() for p, r in self._routes.items()}
         self._acc: dict[str, dict[nn.Parameter, Tensor]] = {"f": {}, "g": {}}
+        self.sharded = ShardedStep(self) if is_sharded(self._params()) else None
+        """Parameters sharded by FSDP2 (DTensors) step through the owner-rank exchange of ShardedStep."""
 
     def _params(self) -> list[nn.Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -116,9 +139,10 @@ class SiftOptimizer(torch.optim.Optimizer):
             if cfg.method == "sift" and route.candidate and not cfg.exact and cfg.subspace == "auto":
                 for block in self._blocks[p]:
                     if cfg.k is not None and sketch_width(cfg.k) < min(block.shape):
-                        width = warm_sketch_width(cfg.k)
-                        for key in ("basis_f", "basis_g"):
-                            layout[key + block.suffix] = ((block.shape[1], width), torch.float32)
+                        rows, cols = block.shape
+                        for objective in ("f", "g"):
+                            layout[f"left_{objective}{block.suffix}"] = ((rows, cfg.k), CACHE_DTYPE)
+                            layout[f"basis_{objective}{block.suffix}"] = ((cols, warm_sketch_width(cfg.k)), CACHE_DTYPE)
         else:
             layout.update({key: (shape, torch.float32) for key in ("exp_avg", "exp_avg_sq")})
         return layout
@@ -129,11 +153,12 @@ class SiftOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if "step" not in state:
             state["step"] = 0
-        layout = {key: spec for key, spec in self.state_layout(p).items() if not key.startswith("basis_")}
+        layout = {key: spec for key, spec in self.state_layout(p).items() if not key.startswith(SUBSPACE_CACHES)}
         init_weight_state(p, state, layout)
         for key, (shape, dtype) in layout.items():
             if key not in state:
-                state[key] = torch.zeros(shape, dtype=dtype, device=p.device)
+                # like p: a sharded (DTensor) parameter gets state sharded the same way
+                state[key] = torch.zeros_like(p, dtype=dtype) if shape == tuple(p.shape) else torch.zeros(shape, dtype=dtype, device=p.device)
         return state
 
     def init_state(self) -> None:
@@ -151,6 +176,9 @@ class SiftOptimizer(torch.optim.Optimizer):
         members = [(group, p) for group in self.param_groups for p in group["params"]]
         grads_f = [self._take("f", p) for _, p in members]
         grads_g = [self._take("g", p) for _, p in members]
+        if self.sharded is not None:
+            blocks = self.sharded.step(members, grads_f, grads_g, BlockReport)
+            return StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=sum(b.branch == "sift" for b in blocks))
         combined = blur_combine(grads_f, grads_g, cfg.blur_alpha) if cfg.method == "blur" else []
         blocks = []
         for i, (group, p) in enumerate(members):
@@ -202,34 +230,40 @@ class SiftOptimizer(torch.optim.Optimizer):
             tau_grad = alignment(grad_f[rows], grad_g[rows])
             tau_m = alignment(m_f[rows], m_g[rows])
             tau = tau_grad if cfg.tau_source == "grad" else tau_m
+            quality = SubspaceQuality()
             if cfg.method == "sift" and route.candidate and tau < cfg.eps:
-                direction = self._sift_direction(state, block.suffix, m_f[rows], m_g[rows])
+                direction, quality = self._sift_direction(state, block.suffix, m_f[rows], m_g[rows])
                 branch: Branch = "sift"
             else:
                 direction = msign(cfg.lam * m_f[rows] + m_g[rows])
                 branch = "muon"
             work[rows].add_(direction.to(torch.float32), alpha=-lr * spectral_scale(block.shape, cfg.scale_rule))
-            reports.append(BlockReport(block.name, block.shape, tau_grad, tau_m, branch))
+            reports.append(BlockReport(block.name, block.shape, tau_grad, tau_m, branch, *quality))
         return reports
 
-    def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> Tensor:
-        """SIFT direction of one block; the fast path keeps a per-block, per-objective basis cache
-        (state keys basis_f, basis_g, basis_step, each followed by the block's `suffix`).
+    def _sift_direction(self, state: dict, suffix: str, m_f: Tensor, m_g: Tensor) -> tuple[Tensor, SubspaceQuality]:
+        """SIFT direction of one block and how exact it is; the fast path keeps, per block and
+        objective, its last answer's left vectors and right basis (state keys left_f/basis_f,
+        left_g/basis_g, each followed by the block's `suffix`).
 
-        A cache is "fresh" when it was refreshed at the previous step; an older one (the block took the
-        Muon branch meanwhile) still beats a random start but gets the cold number of power iterations."""
+        A cache left from an older step (the block took the Muon branch meanwhile) is still the best
+        start: the adaptive iteration runs as long as its error estimate needs."""
         cfg = self.cfg
         if cfg.exact:
-            return sift_direction(m_f, m_g, cfg.k, exact=True)
-        fresh = state.get(f"basis_step{suffix}") == state["step"] - 1
-        tops = []
-        for key, m in (("basis_f", m_f), ("basis_g", m_g)):
-            top, basis = top_k_tracked(m, cfg.k, state.get(key + suffix), fresh, cfg.subspace)
-            if basis is not None:
-                state[key + suffix] = basis
-            tops.append(top)
-        state[f"basis_step{suffix}"] = state["step"]
-        return combine_subspaces(*tops)
+            return sift_direction(m_f, m_g, cfg.k, exact=True), SubspaceQuality(0.0, False)
+        found = []
+        for objective, m in (("f", m_f), ("g", m_g)):
+            left_key, right_key = f"left_{objective}{suffix}", f"basis_{objective}{suffix}"
+            warm = WarmStart(state[left_key], state[right_key]) if left_key in state and right_key in state else None
+            tracked = top_k_tracked(m, cfg.k, warm, cfg.subspace, cfg.subspace_tol)
+            if tracked.warm is None:
+                state.pop(left_key, None)
+                state.pop(right_key, None)
+            else:
+                state[left_key], state[right_key] = tracked.warm
+            found.append(tracked)
+        quality = SubspaceQuality(max(t.error for t in found), any(t.fallback for t in found))
+        return combine_subspaces(*(t.top for t in found)), quality
 
     @torch.no_grad()
     def momentum_singular_values(self, names: list[str] | None = None) -> dict[str, tuple[Tensor, Tensor]]:

@@ -70,10 +70,10 @@ def weight_layout(shape: tuple[int, ...], dtype: torch.dtype, master_weights: bo
 
 def init_weight_state(p: Tensor, state: dict, layout: Layout) -> None:
     """Allocate the missing entries of `layout`: a master equal to the current weight, zero compensation."""
-    for key, (shape, dtype) in layout.items():
+    for key, (_, dtype) in layout.items():
         if key in state:
             continue
-        state[key] = p.detach().to(torch.float32, copy=True) if key == "master" else torch.zeros(shape, dtype=dtype, device=p.device)
+        state[key] = p.detach().to(torch.float32, copy=True) if key == "master" else torch.zeros_like(p, dtype=dtype)
 
 
 def fp32_weights(p: Tensor, state: dict) -> Tensor:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor
 
+from .config import ScaleRule
+
 
 def adamw_update(
     weights: Tensor,
@@ -60,3 +62,12 @@ def blur_combine(grads_f: list[Tensor], grads_g: list[Tensor], alpha: float) -> 
         dtype = torch.promote_types(g.dtype, torch.float32)  # half-precision gradients combine in fp32
         combined.append(g.to(dtype) + alpha * (f.to(dtype) - rho * g.to(dtype)))
     return combined
+
+
+def spectral_scale(shape: tuple[int, ...], rule: ScaleRule) -> float:
+    """Step multiplier s(m, n) of an orthogonalized update.
+
+    "kj": sqrt(max(1, m/n)) (Keller Jordan's Muon); "match_rms_adamw": 0.2 sqrt(max(m, n)), which gives
+    the update roughly AdamW's RMS so AdamW learning rates carry over."""
+    m, n = shape
+    return math.sqrt(max(1.0, m / n)) if rule == "kj" else 0.2 * math.sqrt(max(m, n))

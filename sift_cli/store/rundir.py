@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -70,7 +71,11 @@ ALIGNMENT_COLUMNS = (
     "tau",
     "branch",
     "candidate",
+    "subspace_error",
+    "subspace_fallback",
 )
+"""subspace_error / subspace_fallback: the fast SIFT path's error estimate and whether it fell back to the
+exact decomposition (NaN / False off the SIFT branch, and in logs written before they existed)."""
 
 
 @dataclass(frozen=True)
@@ -161,8 +166,10 @@ class RunDir:
     def append_alignment(self, rows: Iterable[dict[str, Any]]) -> None:
         path = self.path / ALIGNMENT
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=ALIGNMENT_COLUMNS, lineterminator="\n")
-        if not path.exists() or path.stat().st_size == 0:
+        fresh = not path.exists() or path.stat().st_size == 0
+        columns = ALIGNMENT_COLUMNS if fresh else _csv_header(path)
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+        if fresh:
             writer.writeheader()
         writer.writerows(rows)
         _append(path, buffer.getvalue())
@@ -187,6 +194,9 @@ class RunDir:
         frame["step"] = frame["step"].astype(int)
         frame["layer"] = frame["layer"].astype(int)
         frame["candidate"] = frame["candidate"].astype(str).str.lower().eq("true")
+        frame["subspace_error"] = pd.to_numeric(frame.get("subspace_error", math.nan), errors="coerce")
+        frame["subspace_fallback"] = frame.get("subspace_fallback", pd.Series(False, index=frame.index))
+        frame["subspace_fallback"] = frame["subspace_fallback"].astype(str).str.lower().eq("true")
         return frame.reset_index(drop=True)
 
     def read_spectra(self) -> pd.DataFrame:
@@ -212,6 +222,13 @@ def _json_line(log: str, record: dict[str, Any]) -> str:
     """A JSONL log record as it is written, whether appended or rewritten after a resume: metrics with
     sorted keys, spectra in insertion order."""
     return json.dumps(record, sort_keys=log == METRICS) + "\n"
+
+
+def _csv_header(path: Path) -> tuple[str, ...]:
+    """The columns a CSV log was started with: a run resumed by a newer version keeps appending rows
+    its header describes (columns added since are left out of that run's log)."""
+    with open(path, encoding="utf-8") as fh:
+        return tuple(next(csv.reader(fh)))
 
 
 def _append(path: Path, text: str) -> None:

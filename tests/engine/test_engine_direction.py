@@ -2,12 +2,23 @@
 
 import pytest
 import torch
-
-from sift_cli.engine import msign_exact, sift_direction, sift_direction_reference
-from sift_cli.engine.direction import top_k_tracked
-from sift_cli.engine.linalg import sketch_width, top_k_svd, warm_sketch_width
 from helpers import F64, decaying, orthonormal
 
+from sift_cli.bench.streams import drifting_stream
+from sift_cli.engine import msign_exact, sift_direction, sift_direction_reference
+from sift_cli.engine.direction import (
+    MAX_ITERATIONS,
+    combine_subspaces,
+    top_k_adaptive,
+    top_k_tracked,
+)
+from sift_cli.engine.linalg import (
+    leading,
+    sketch_width,
+    subspace_iteration_step,
+    top_k_svd,
+    warm_sketch_width,
+)
 
 
 def conflicting_pair(m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,26 +108,100 @@ def test_one_zero_momentum_gives_the_other_direction():
 def test_warm_tracking_converges_on_slowly_moving_momentum():
     base = decaying(160, 240, 11)
     k = 16
-    basis = None
+    warm = None
     errors = []
     for step in range(6):
         drift = 1e-3 * step * decaying(160, 240, 20 + step)
         m = (base + drift).float()
-        top, basis = top_k_tracked(m, k, basis, fresh=step > 0)
+        tracked = top_k_tracked(m, k, warm, tol=1e-3)
+        warm = tracked.warm
         exact = top_k_svd((base + drift), k)
-        errors.append(float((top.u.to(F64) @ top.u.to(F64).mT - exact.u @ exact.u.mT).norm()))
+        errors.append(float((tracked.top.u.to(F64) @ tracked.top.u.to(F64).mT - exact.u @ exact.u.mT).norm()))
     assert errors[-1] < 1e-3
-    assert basis.shape == (240, warm_sketch_width(k))
+    assert warm.right.shape == (240, warm_sketch_width(k)) and warm.left.shape == (160, k)
 
 
 def test_randomized_subspace_keeps_no_cache():
     m = decaying(100, 120, 12).float()
-    _, basis = top_k_tracked(m, 8, None, fresh=False, subspace="randomized")
-    assert basis is None
+    assert top_k_tracked(m, 8, None, subspace="randomized").warm is None
 
 
-def test_large_k_falls_back_to_full_svd():
+def test_large_k_takes_the_exact_gram_path():
     m = decaying(30, 40, 13).float()
-    top, basis = top_k_tracked(m, 20, None, fresh=False)
-    assert basis is None
-    assert torch.allclose(top.s, top_k_svd(m, 20).s)
+    tracked = top_k_tracked(m, 20, None)
+    assert tracked.warm is None and tracked.error == 0.0 and not tracked.fallback
+    assert torch.allclose(tracked.top.s, top_k_svd(m, 20).s, rtol=1e-5)
+
+
+STREAM = dict(m=96, n=160, steps=14, rank=4, rate=0.05, noise=1.0)
+"""A drifting stream in conflict whose K=16 top subspaces reach into the noise bulk: the hard case."""
+
+
+def warm_start_alone(stream, k: int) -> list[float]:
+    """The former fast path: one fixed power iteration from last step's basis, no error estimate."""
+    errors, starts = [], {}
+    for m_f, m_g in stream:
+        tops = []
+        for key, m in (("f", m_f), ("g", m_g)):
+            start = starts.get(key, torch.randn(m.shape[1], sketch_width(k), generator=torch.Generator().manual_seed(0)))
+            for _ in range(2):
+                step = subspace_iteration_step(m, start, k)
+                start = step.span
+            starts[key] = step.right_basis()[:, : warm_sketch_width(k)]
+            tops.append(leading(step.top, k, tuple(m.shape)))
+        errors.append(rel(combine_subspaces(*tops), sift_direction_reference(m_f, m_g, k)))
+    return errors
+
+
+def tracked_errors(stream, k: int, tol: float) -> tuple[list[float], list[float], int]:
+    """(true error of D, estimate, fallbacks) per step of the default fast path along a stream."""
+    errors, estimates, fallbacks, warm = [], [], 0, {}
+    for m_f, m_g in stream:
+        found = {key: top_k_tracked(m, k, warm.get(key), tol=tol) for key, m in (("f", m_f), ("g", m_g))}
+        warm = {key: t.warm for key, t in found.items()}
+        d = combine_subspaces(found["f"].top, found["g"].top)
+        errors.append(rel(d, sift_direction_reference(m_f, m_g, k)))
+        estimates.append(max(t.error for t in found.values()))
+        fallbacks += sum(t.fallback for t in found.values())
+    return errors, estimates, fallbacks
+
+
+def p95(values: list[float]) -> float:
+    return float(torch.tensor(values).quantile(0.95))
+
+
+def test_stream_where_warm_start_alone_fails_is_caught_and_corrected():
+    k = 16
+    assert p95(warm_start_alone(drifting_stream(**STREAM), k)) > 0.1
+    errors, estimates, fallbacks = tracked_errors(drifting_stream(**STREAM), k, tol=0.01)
+    assert p95(errors) <= 0.02
+    assert fallbacks > 0
+    assert max(estimates) <= 0.01
+
+
+def test_estimate_bounds_the_error_where_iteration_converges():
+    stream = drifting_stream(m=96, n=160, steps=14, rank=32, rate=0.02, noise=0.1, seed=3)
+    errors, estimates, fallbacks = tracked_errors(stream, k=16, tol=0.01)
+    assert fallbacks < len(errors)
+    assert max(errors) <= 0.02
+    assert all(0 <= e <= 0.01 for e in estimates)
+
+
+def test_flat_spectrum_takes_the_exact_decomposition():
+    """No gap at K: every top-K subspace of a flat spectrum is as good as another, so no iteration can
+    settle on the exact path's; the estimate's rate says so and the exact decomposition is taken."""
+    k = 12
+    s = 1.0 + 1e-3 * torch.rand(80, generator=torch.Generator().manual_seed(5), dtype=F64)
+    m = ((orthonormal(80, 80, 6) * s) @ orthonormal(120, 80, 7).mT).float()
+    tracked = top_k_tracked(m, k, None)
+    assert tracked.fallback and tracked.iterations < MAX_ITERATIONS
+    exact = top_k_svd(m.to(F64), k)
+    assert float((tracked.top.u.to(F64) @ tracked.top.v.to(F64).mT - exact.u @ exact.v.mT).norm()) < 1e-3
+
+
+def test_adaptive_iteration_stops_once_the_estimate_meets_the_tolerance():
+    m = decaying(120, 200, 18).float()
+    loose = top_k_adaptive(m, 8, torch.randn(200, 16, generator=torch.Generator().manual_seed(1)), tol=0.05)
+    tight = top_k_adaptive(m, 8, torch.randn(200, 16, generator=torch.Generator().manual_seed(1)), tol=1e-4)
+    assert loose.iterations < tight.iterations
+    assert loose.error <= 0.05 and (tight.error <= 1e-4 or tight.fallback)

@@ -4,20 +4,21 @@ import math
 
 import pytest
 import torch
+from helpers import F64, decaying, orthonormal
 
 from sift_cli.engine import alignment, msign, msign_exact, pseudo_polar
 from sift_cli.engine.linalg import (
     NS_COEFFS,
     NS_STEPS,
+    direction_change,
     gaussian_start,
     numerical_rank,
     pseudo_polar_reference,
     sketch_width,
-    top_k_sketch,
+    subspace_iteration_step,
+    top_k_gram,
     top_k_svd,
 )
-from helpers import F64, decaying, orthonormal
-
 
 
 def ns_reference(m: torch.Tensor) -> torch.Tensor:
@@ -97,12 +98,20 @@ def test_top_k_svd_truncates_at_numerical_rank():
     assert top_k_svd(m, 64).s.numel() == 5
 
 
+def iterate(m: torch.Tensor, start: torch.Tensor, k: int, steps: int):
+    for _ in range(steps):
+        found = subspace_iteration_step(m, start, k)
+        start = found.span
+    return found
+
+
 def test_randomized_sketch_recovers_paired_top_k():
     m = decaying(120, 200, 8)
     k = 12
-    top, basis = top_k_sketch(m.float(), k, gaussian_start(m.float(), sketch_width(k)), power_iters=3)
-    exact = top_k_svd(m, k)
-    assert basis.shape == (200, sketch_width(k))
+    found = iterate(m.float(), gaussian_start(m.float(), sketch_width(k)), k, steps=4)
+    top, exact = found.top, top_k_svd(m, k)
+    assert found.right_basis().shape == (200, sketch_width(k))
+    assert torch.allclose(found.right_basis()[:, :k], top.v)
     assert torch.allclose(top.s.to(F64), exact.s, rtol=1e-4)
     # Pairing: u_i^T m v_i = s_i for the sketch's own vectors.
     assert torch.allclose(((top.u.to(F64).mT @ m) * top.v.to(F64).mT).sum(1), exact.s, rtol=1e-4)
@@ -118,9 +127,39 @@ def test_warm_start_converges_further_than_cold():
     def err(top):
         return float((top.u.to(F64) @ top.u.to(F64).mT - exact.u @ exact.u.mT).norm())
 
-    cold, basis = top_k_sketch(m, k, start, power_iters=0)
-    warm, _ = top_k_sketch(m, k, basis, power_iters=0)
-    assert err(warm) < 0.5 * err(cold)
+    cold = subspace_iteration_step(m, start, k)
+    warm = subspace_iteration_step(m, cold.right_basis(), k)
+    assert err(warm.top) < 0.5 * err(cold.top)
+
+
+@pytest.mark.parametrize("shape", [(90, 140), (140, 90), (100, 100)])
+@pytest.mark.parametrize("k", [10, None])
+def test_gram_top_k_matches_float64_svd(shape, k):
+    m = decaying(*shape, 14)
+    gram = top_k_gram(m.float(), k)
+    exact = top_k_svd(m, k)
+    assert gram.s.shape == exact.s.shape
+    assert torch.allclose(gram.s.to(F64), exact.s, rtol=1e-4)
+    assert rel_direction(gram, exact) < 1e-4
+
+
+def test_gram_top_k_keeps_only_the_numerical_rank():
+    gen = torch.Generator().manual_seed(15)
+    m = torch.randn(50, 4, generator=gen, dtype=F64) @ torch.randn(4, 70, generator=gen, dtype=F64)
+    gram = top_k_gram(m.float(), 10)
+    assert gram.s.numel() == 4
+    assert rel_direction(gram, top_k_svd(m, 4)) < 1e-4
+
+
+def rel_direction(a, b) -> float:
+    d_a, d_b = a.u.to(F64) @ a.v.to(F64).mT, b.u.to(F64) @ b.v.to(F64).mT
+    return float((d_a - d_b).norm() / d_b.norm())
+
+
+def test_direction_change_is_the_relative_frobenius_distance():
+    a, b = top_k_svd(decaying(60, 80, 16), 8), top_k_svd(decaying(60, 80, 17), 8)
+    assert float(direction_change(a, b)) == pytest.approx(rel_direction(a, b), rel=1e-6)
+    assert float(direction_change(b, b)) < 1e-6
 
 
 def test_alignment_cosine_and_zero_norm():

@@ -199,6 +199,8 @@ def test_gate_follows_tau_source(source, branch):
         block = opt.step().blocks[0]
     assert block.tau_grad > 0.99 and block.tau_momentum < -0.9
     assert block.branch == branch
+    if branch == "muon":
+        assert math.isnan(block.subspace_error) and not block.subspace_fallback
 
 
 def test_fast_sift_in_optimizer_tracks_exact_reference():
@@ -214,16 +216,36 @@ def test_fast_sift_in_optimizer_tracks_exact_reference():
         noise = 0.1 * signal_f.norm() / math.sqrt(96 * 160)
         g_f = signal_f + noise * torch.randn(96, 160, generator=gen)
         g_g = signal_g + noise * torch.randn(96, 160, generator=gen)
+        reports = []
         for p, opt in ((fast, opt_fast), (exact, opt_exact)):
             p.data.zero_()
             p.grad = g_f.clone()
             opt.capture("f")
             p.grad = g_g.clone()
             opt.capture("g")
-            assert opt.step().n_sift == 1
+            report = opt.step()
+            assert report.n_sift == 1
+            reports.append(report.blocks[0])
+        report_fast, report_exact = reports
         assert float((fast.detach() - exact.detach()).norm() / exact.detach().norm()) < 0.02
+        assert 0.0 <= report_fast.subspace_error <= opt_fast.cfg.subspace_tol
+        assert report_exact.subspace_error == 0.0
     assert opt_fast.state[fast]["basis_f"].shape == (160, warm_sketch_width(k))
+    assert opt_fast.state[fast]["left_g"].shape == (96, k)
     assert "basis_f" not in opt_exact.state[exact]
+
+
+def test_block_report_flags_the_exact_fallback_on_a_flat_spectrum():
+    gen = torch.Generator().manual_seed(6)
+    flat = torch.linalg.qr(torch.randn(96, 96, generator=gen)).Q @ torch.linalg.qr(torch.randn(160, 96, generator=gen)).Q.mT
+    p = nn.Parameter(torch.zeros(96, 160))
+    opt = SiftOptimizer([("w", p)], OptimizerConfig(k=12))
+    p.grad = flat.clone()
+    opt.capture("f")
+    p.grad = -flat + 0.1 * torch.randn(96, 160, generator=gen)
+    opt.capture("g")
+    block = opt.step().blocks[0]
+    assert block.branch == "sift" and block.subspace_fallback and block.subspace_error == 0.0
 
 
 def test_adamw_branch_equals_torch_adamw_on_lam_f_plus_g():
@@ -423,6 +445,7 @@ def test_bf16_params_update_in_place():
 
 def test_config_rejects_unknown_choices():
     bad = [{"method": "sgd"}, {"tau_source": "loss"}, {"scale_rule": "x"}, {"subspace": "svd"}, {"k": 0}]
+    bad += [{"subspace_tol": 0.0}, {"subspace_tol": 1.5}, {"subspace_tol": math.nan}]
     for overrides in bad:
         with pytest.raises(ValueError):
             OptimizerConfig(**overrides)

@@ -7,12 +7,12 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_engine_optimizer import clone_params, feed, grad_stream, make_params
 from torch import nn
 
-from sift_cli.bench import run_precision_bench
+from sift_cli.bench.precision import run_precision_bench
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 from sift_cli.engine.precision import join_fp32, split_fp32, stochastic_round
-from test_engine_optimizer import clone_params, feed, grad_stream, make_params
 
 
 def test_split_is_exact_and_rounds_to_nearest():

@@ -80,4 +80,6 @@ def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
     full_k = SiftOptimizer(named, optimizer_config(spec.optim, model.config))
     assert "subspace caches" not in layout_bytes(full_k)
     k4 = SiftOptimizer(named, optimizer_config(spec.optim.__class__(k=4), model.config))
-    assert layout_bytes(k4)["subspace caches"] == 3 * 2 * 32 * warm_sketch_width(4) * 4
+    left = (32 + 16 + 16) * 4  # each slice's rows x K left vectors
+    right = 3 * 32 * warm_sketch_width(4)  # each slice's columns x the warm basis width
+    assert layout_bytes(k4)["subspace caches"] == 2 * (left + right) * 2  # f and g, bf16
