@@ -16,9 +16,9 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from sift_cli.compare.grid import POME, Cell, CompareOptions, cell_spec, cells
 from sift_cli.apps import get_app
 from sift_cli.apps.base import CompareMetrics
+from sift_cli.compare.grid import POME, Cell, CompareOptions, cell_spec, cells
 from sift_cli.compare.report import (
     curves,
     is_binary,
