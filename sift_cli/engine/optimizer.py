@@ -97,6 +97,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         self._routes: dict[nn.Parameter, Route] = {p: r for (_, p), r in zip(named_params, routes)}
         self._blocks: dict[nn.Parameter, list[Block]] = {p: r.blocks() for p, r in self._routes.items()}
         self._acc: dict[str, dict[nn.Parameter, Tensor]] = {"f": {}, "g": {}}
+        self._step_layouts: dict[nn.Parameter, Layout] = {}
+        """Per parameter, the state entries a step updates in place (see _ensure_state)."""
         self.sharded = ShardedStep(self) if is_sharded(self._params()) else None
         """Parameters sharded by FSDP2 (DTensors) step through the owner-rank exchange of ShardedStep."""
 
@@ -153,7 +155,11 @@ class SiftOptimizer(torch.optim.Optimizer):
         state = self.state[p]
         if "step" not in state:
             state["step"] = 0
-        layout = {key: spec for key, spec in self.state_layout(p).items() if not key.startswith(SUBSPACE_CACHES)}
+        layout = self._step_layouts.get(p)
+        if layout is None:
+            # The layout depends only on the settings and the parameter: built once, not every step.
+            layout = {key: spec for key, spec in self.state_layout(p).items() if not key.startswith(SUBSPACE_CACHES)}
+            self._step_layouts[p] = layout
         init_weight_state(p, state, layout)
         for key, (shape, dtype) in layout.items():
             if key not in state:
