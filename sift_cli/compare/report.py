@@ -3,14 +3,12 @@ the Pareto picture and the training curves, as a Rich table, CSV and PNG."""
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
+import pandas as pd
 from matplotlib.figure import Figure
 from rich.table import Table
 
@@ -24,7 +22,7 @@ from sift_cli.compare.stats import (
     mcnemar_exact,
     paired_bootstrap,
 )
-from sift_cli.store.atomic import write_text, write_with
+from sift_cli.localize import save_figure, write_csv
 
 Scores = list[dict[str, dict[str, list[float]]]]
 """One dict per seed: {split: {metric: per-example scores}}."""
@@ -94,12 +92,9 @@ def column_label(metric: str, metrics: CompareMetrics) -> str:
     return metric if declared is None else f"{declared.label} {declared.arrow}"
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of dicts as a CSV, through localize's atomic writer."""
+    write_csv(pd.DataFrame(rows), path)
 
 
 def results_rows(rows: dict[str, dict[str, Interval]], tests: dict[str, dict[str, PairedDifference]]) -> list[dict[str, Any]]:
@@ -116,9 +111,8 @@ def results_rows(rows: dict[str, dict[str, Interval]], tests: dict[str, dict[str
 def pareto(path: Path, points: list[dict[str, Any]], metrics: CompareMetrics) -> list[Path]:
     """Utility (x) against constraint (y) on validation, one point per configuration with its interval,
     chosen points ringed; PNG and the CSV it was drawn from."""
-    write_csv(path.with_suffix(".csv"), points)
+    write_rows(path.with_suffix(".csv"), points)
     figure = Figure(figsize=(6.4, 4.8))
-    FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     methods = sorted({point["method"] for point in points})
     colors = {method: f"C{i}" for i, method in enumerate(methods)}
@@ -139,7 +133,7 @@ def pareto(path: Path, points: list[dict[str, Any]], metrics: CompareMetrics) ->
     axes.set_title("each configuration (lr labelled), chosen ones ringed")
     axes.legend(fontsize=8)
     figure.tight_layout()
-    write_with(path.with_suffix(".png"), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    save_figure(figure, path.with_suffix(".png"))
     return [path.with_suffix(".png"), path.with_suffix(".csv")]
 
 
@@ -147,9 +141,8 @@ def curves(path: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> li
     """loss_f and loss_g per step of each chosen configuration (mean over its seeds); PNG and CSV."""
     rows = [{"method": method, "step": int(step), "loss_f": float(f), "loss_g": float(g)}
             for method, curve in curves_by_method.items() for step, f, g in zip(curve["step"], curve["loss_f"], curve["loss_g"])]  # fmt: skip
-    write_csv(path.with_suffix(".csv"), rows)
+    write_rows(path.with_suffix(".csv"), rows)
     figure = Figure(figsize=(9.6, 3.6))
-    FigureCanvasAgg(figure)
     for column, (key, label) in enumerate((("loss_f", "f (keep)"), ("loss_g", "g (constraint)"))):
         axes = figure.add_subplot(1, 2, column + 1)
         for method, curve in curves_by_method.items():
@@ -158,5 +151,5 @@ def curves(path: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> li
         axes.set_title(label)
         axes.legend(fontsize=8)
     figure.tight_layout()
-    write_with(path.with_suffix(".png"), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+    save_figure(figure, path.with_suffix(".png"))
     return [path.with_suffix(".png"), path.with_suffix(".csv")]

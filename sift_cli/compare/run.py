@@ -28,7 +28,7 @@ from sift_cli.compare.report import (
     results_table,
     stacked,
     test_intervals,
-    write_csv,
+    write_rows,
 )
 from sift_cli.compare.scores import build_examples, cached_scores, score_model
 from sift_cli.compare.select import Choice, choose, rule_text
@@ -133,7 +133,7 @@ def _report(
         if method != options.reference
     }
     files = [output / "results.csv"]
-    write_csv(output / "results.csv", results_rows(rows, tests))
+    write_rows(output / "results.csv", results_rows(rows, tests))
     files += pareto(output / "pareto", _pareto_points(base_scores, by_config, choices, metrics), metrics)
     files += curves(output / "curves", {method: _mean_curve(output / "runs", method, choices[method].lr, options.seeds) for method in choices})
     record = {
