@@ -335,17 +335,22 @@ def test_state_dict_round_trip_gives_identical_next_step(overrides):
     cfg = replace(OptimizerConfig(lr=0.02, k=4, weight_decay=0.01), **overrides)
     original = clone_params(named)
     opt, _ = run(original, cfg, stream[:3])
+    assert_resume_is_exact(opt, original, cfg, stream[3])
+
+
+def assert_resume_is_exact(opt: SiftOptimizer, named, cfg: OptimizerConfig, grads) -> None:
+    """A fresh optimizer loaded from `opt`'s state_dict takes the same next step as `opt`, bit for bit."""
     buffer = io.BytesIO()
     torch.save(opt.state_dict(), buffer)
-    resumed = clone_params(original)
-    feed(opt, original, stream[3])
+    resumed = clone_params(named)
+    feed(opt, named, grads)
     opt.step()
     buffer.seek(0)
     reloaded = SiftOptimizer(resumed, cfg)
     reloaded.load_state_dict(torch.load(buffer))
-    feed(reloaded, resumed, stream[3])
+    feed(reloaded, resumed, grads)
     reloaded.step()
-    for (_, a), (_, b) in zip(original, resumed):
+    for (_, a), (_, b) in zip(named, resumed):
         assert torch.equal(a, b)
 
 

@@ -1,13 +1,12 @@
 """bf16/fp16 parameters: updates reach the weights (master copy, Kahan, stochastic rounding), state
 layout equals what the optimizer allocates, and bf16 state survives a checkpoint round trip."""
 
-import io
 import math
 from dataclasses import replace
 
 import pytest
 import torch
-from test_engine_optimizer import clone_params, feed, grad_stream, make_params
+from test_engine_optimizer import assert_resume_is_exact, feed, grad_stream, make_params
 from torch import nn
 
 from sift_cli.bench.precision import run_precision_bench
@@ -113,18 +112,7 @@ def test_state_layout_is_what_a_step_allocates_and_resume_is_exact(overrides, dt
     for p in opt.param_groups[0]["params"] + opt.param_groups[1]["params"]:
         allocated = {k: (tuple(v.shape), v.dtype) for k, v in opt.state[p].items() if torch.is_tensor(v)}
         assert allocated == opt.state_layout(p)
-    buffer = io.BytesIO()
-    torch.save(opt.state_dict(), buffer)
-    resumed = clone_params(named)
-    feed(opt, named, stream[3])
-    opt.step()
-    buffer.seek(0)
-    reloaded = SiftOptimizer(resumed, cfg)
-    reloaded.load_state_dict(torch.load(buffer))
-    feed(reloaded, resumed, stream[3])
-    reloaded.step()
-    for (_, a), (_, b) in zip(named, resumed):
-        assert torch.equal(a, b)
+    assert_resume_is_exact(opt, named, cfg, stream[3])
 
 
 def test_capture_holds_gradients_without_copies_or_changes():
