@@ -78,3 +78,12 @@ def test_bad_compare_inputs_are_one_line(tiny_model_dir, data_dir, tmp_path) -> 
         assert result.exit_code == 2, result.output
         assert message in result.output and result.output.strip().count("\n") == 0, result.output
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())
+
+
+def test_compare_never_writes_into_a_directory_holding_other_files(tiny_model_dir, data_dir, tmp_path) -> None:  # noqa: F811
+    occupied = tmp_path / "mine"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("keep me")
+    result = invoke(*compare_args(tiny_model_dir, data_dir, occupied, "--method", "sift=0.02", "--method", "muon=0.02"))
+    assert result.exit_code == 2 and "is not a comparison directory" in result.output
+    assert [p.name for p in occupied.iterdir()] == ["notes.txt"] and (occupied / "notes.txt").read_text() == "keep me"
