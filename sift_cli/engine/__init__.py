@@ -2,7 +2,7 @@
 
 from .config import OptimizerConfig
 from .direction import sift_direction, sift_direction_reference
-from .linalg import alignment, msign, msign_exact, pseudo_polar
+from .linalg import alignment, msign, msign_exact, polar_of_pair
 from .optimizer import BlockReport, SiftOptimizer, StepReport, spectral_scale
 from .pome import pome_edit
 from .routing import Block, Route, route_parameters
@@ -19,8 +19,8 @@ __all__ = [
     "blur_combine",
     "msign",
     "msign_exact",
+    "polar_of_pair",
     "pome_edit",
-    "pseudo_polar",
     "route_parameters",
     "sift_direction",
     "sift_direction_reference",

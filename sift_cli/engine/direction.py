@@ -17,14 +17,16 @@ from torch import Tensor
 
 from .config import OptimizerConfig, Subspace
 from .linalg import (
+    FP32_EPS,
     RitzStep,
     TopK,
+    captures_range,
     compute_dtype,
     direction_change,
     gaussian_start,
-    gram_inv_sqrt,
     leading,
-    pseudo_polar,
+    polar_of_pair,
+    power_step,
     pseudo_polar_reference,
     rank_tolerance,
     sketch_width,
@@ -49,8 +51,10 @@ tolerance is out of reach gives up at once, so the cap only bounds slow but conv
 
 
 class WarmStart(NamedTuple):
-    """What one momentum's fast path keeps between steps: the previous answer's left vectors (m x k) and
-    its right Ritz basis (n x width, largest first, so its first k columns are the answer's V_k)."""
+    """What one momentum's fast path keeps between steps, for the block in its wide orientation (the
+    transpose of a tall block): the previous answer's vectors on the short side (min(m, n) x k) and its
+    Ritz basis on the long side (max(m, n) x width, largest first, so its first k columns are the
+    answer's vectors there)."""
 
     left: Tensor
     right: Tensor
@@ -72,41 +76,62 @@ class TrackedTopK:
 
 
 def combine_subspaces(f: TopK, g: TopK) -> Tensor:
-    """D = msign(U) msign(V)^T with U = [U_f, U_g], V = [V_f, V_g], never an SVD of the bases.
+    """D = msign(U) msign(V)^T with U = [U_f, U_g], V = [V_f, V_g], never an SVD or eigendecomposition of
+    the merged bases.
 
-    Thin bases (2K below both sides): D = U (G_U^{+1/2} G_V^{+1/2}) V^T, two 2K x 2K eigendecompositions
-    and one 2K x 2K product in the middle. At full K a basis is wider than tall, and its msign comes
-    from the smaller Gram matrix instead (pseudo_polar), 8x less eigendecomposition work."""
-    u = torch.cat([f.u, g.u], dim=1)
-    v = torch.cat([f.v, g.v], dim=1)
-    if u.shape[0] >= u.shape[1] and v.shape[0] >= v.shape[1]:
-        return (u @ (gram_inv_sqrt(u) @ gram_inv_sqrt(v)).to(u.dtype)) @ v.mT
-    return pseudo_polar(u) @ pseudo_polar(v).mT
+    Each side's polar factor comes from the SVD of its k x k cross Gram matrix (polar_of_pair), so
+    D = L_f (P_U^T P_V) R_f^T + L_g (Q_U^T Q_V) R_g^T: two k x k mixing matrices and two rank-k
+    products. The same formula covers bases wider than tall (2K above min(m, n), e.g. k/v blocks at
+    K=128): their shared directions are the cross Gram's unit singular values, dropped by the floor."""
+    left, right = polar_of_pair(f.u, g.u), polar_of_pair(f.v, g.v)
+    dtype = left.first.dtype
+    mix_f = (left.rot_first.mT @ right.rot_first).to(dtype)
+    mix_g = (left.rot_second.mT @ right.rot_second).to(dtype)
+    return (left.first @ mix_f) @ right.first.mT + (left.second @ mix_g) @ right.second.mT
 
 
 def _sketch_pays(shape: torch.Size, k: int | None) -> bool:
     return k is not None and sketch_width(k) < min(shape)
 
 
-def subspace_estimate(previous: TopK, current: RitzStep, k: int) -> tuple[float, float]:
-    """(estimated error of current's rank-k direction, convergence factor per iteration).
+class Assessment(NamedTuple):
+    """What one iterate says about itself, from one host transfer.
+
+    error: estimated relative error of its rank-k direction (inf without a reference or where the rate
+    says iteration cannot converge); rho: convergence factor per iteration; rank_short: the numerical
+    rank is below k; split: the fp32 resolution of the split between the k-th and (k+1)-th singular
+    directions, eps * s_1 / (s_k - s_{k+1})."""
+
+    error: float
+    rho: float
+    rank_short: bool
+    split: float
+
+
+def assess(reference: TopK | None, current: RitzStep, k: int, shape: tuple[int, int]) -> Assessment:
+    """Error estimate, rate, rank and split of an iterate, in one host transfer.
 
     Subspace iteration of width w shrinks the top-k error by rho = (sigma_{w+1}/sigma_k)^2 per
     iteration; the Ritz values give rho ~ (s_w/s_k)^2. With e_i = rho e_{i-1}, the change between two
     iterates is (1 - rho) e_{i-1}, so e_i = change * rho / (1 - rho). On flat spectra rho -> 1 and the
     estimate grows without bound: the top-k subspace is ill-defined there and no iteration count fixes
-    that. A momentum whose numerical rank is below k gets an infinite estimate too (its Ritz vectors
-    past the rank are noise): the exact path keeps only the rank. Along real SmolLM2 momentum streams the
-    largest estimate and the largest true error of the accepted directions agree within ~15%
-    (`sift bench engine`). All three numbers come back in one host transfer."""
+    that. Along real SmolLM2 momentum streams the largest estimate and the largest true error of the
+    accepted directions agree within ~15% (`sift bench engine`).
+
+    The split covers what the rate cannot see: two singular values that nearly tie at k. Momenta are
+    fp32, and rounding at the scale eps * s_1 mixes the k-th and (k+1)-th directions by about
+    eps * s_1 / (s_k - s_{k+1}); measured on a real SmolLM2 momentum with s_{k+1}/s_k = 0.9995, the
+    iterates agreed within 0.6% and were 12% away from the float64 answer. Only the exact float64
+    decomposition resolves such a split."""
     s = current.s
-    tol = rank_tolerance((current.top.u.shape[0], current.top.v.shape[0])) * s[0]
-    rank_short = (s[k - 1] <= tol).to(s.dtype)
-    rho_t = (s[-1] / s[k - 1].clamp_min(torch.finfo(s.dtype).tiny)).square()
-    change, rho, short = torch.stack([direction_change(previous, current.top), rho_t, rank_short]).tolist()
-    if short or not math.isfinite(rho) or rho >= 1.0:
-        return math.inf, 1.0
-    return change * rho / (1.0 - rho), rho
+    tiny = torch.finfo(s.dtype).tiny
+    rank_short = (s[k - 1] <= rank_tolerance(shape) * s[0]).to(s.dtype)
+    rho = (s[-1] / s[k - 1].clamp_min(tiny)).square()
+    split = FP32_EPS * s[0] / (s[k - 1] - s[k]).clamp_min(tiny) * math.sqrt(2.0 / k)
+    change = direction_change(reference, current.top) if reference is not None else s.new_tensor(math.inf)
+    change, rho, short, split = torch.stack([change, rho, rank_short, split]).tolist()
+    error = change * rho / (1.0 - rho) if math.isfinite(rho) and rho < 1.0 else math.inf
+    return Assessment(error if math.isfinite(error) else math.inf, min(rho, 1.0) if math.isfinite(rho) else 1.0, bool(short), split)
 
 
 def top_k_adaptive(m: Tensor, k: int, start: Tensor, tol: float, last: TopK | None = None) -> TrackedTopK:
@@ -114,26 +139,35 @@ def top_k_adaptive(m: Tensor, k: int, start: Tensor, tol: float, last: TopK | No
 
     From the second iteration on, it stops when the estimate e <= tol, and gives up early when
     e * rho^(iterations left) > tol (the tolerance is out of reach within MAX_ITERATIONS); giving up
-    takes top_k_gram, whose leading vectors of the iterate's width become the next warm start.
+    takes top_k_gram, whose leading vectors of the iterate's width become the next warm start. An
+    accepted iterate whose split at k is below fp32 resolution (Assessment.split > tol) takes top_k_gram
+    too. A momentum of numerical rank below k is answered from the sketch when the sketch holds its
+    whole range (captures_range), else by top_k_gram.
     `last`, the previous step's answer that `start` came from, lets the first iteration already give
     up (its change from `last` mixes the momentum's drift into the estimate, which is only safe in that
     direction: acceptance always compares two iterates of this momentum). One host transfer per
-    iteration."""
+    iteration. m is wide (rows <= columns)."""
+    shape = (m.shape[0], m.shape[1])
     previous, done = None, 0
     while done < MAX_ITERATIONS:
         current = subspace_iteration_step(m, start, k)
         done += 1
-        start = current.span
-        reference = previous if previous is not None else last
-        if reference is not None:
-            error, rho = subspace_estimate(reference, current, k)
-            if previous is not None and error <= tol:
-                return TrackedTopK(current.top, WarmStart(current.top.u, current.right_basis()), error, False, done)
-            if error * rho ** (MAX_ITERATIONS - done) > tol:
+        start = current.basis
+        found = assess(previous if previous is not None else last, current, k, shape)
+        if found.rank_short:
+            if captures_range(m, current):
+                return TrackedTopK(leading(current.top, k, shape), WarmStart(current.top.u, current.basis), 0.0, False, done)
+            break
+        if previous is not None and found.error <= tol:
+            if found.split > tol:
                 break
+            return TrackedTopK(current.top, WarmStart(current.top.u, current.basis), found.error, False, done)
+        has_reference = previous is not None or last is not None
+        if has_reference and found.error * found.rho ** (MAX_ITERATIONS - done) > tol:
+            break
         previous = current.top
     exact = top_k_gram(m, start.shape[1])
-    top = leading(exact, k, tuple(m.shape))
+    top = leading(exact, k, shape)
     warm = WarmStart(top.u, exact.v) if exact.s.numel() == start.shape[1] else None
     return TrackedTopK(top, warm, 0.0, True, done)
 
@@ -174,20 +208,30 @@ def top_k_tracked(
     subspace="randomized": the cold start every step and nothing kept: stateless and reproducible, more
     iterations for the same tolerance. Either way the exact top_k_gram when k is None or the sketch is
     not narrower than min(m, n) (there an iteration would cost as much as the exact answer).
+    A tall block is iterated as its transpose, so the one QR per iteration is of the short side; its
+    warm start is kept in that orientation (WarmStart).
     """
     if k is None or not _sketch_pays(m.shape, k):
         return TrackedTopK(top_k_gram(m, k), None, 0.0, False, 0)
+    wide = m.shape[0] <= m.shape[1]
+    t = m if wide else m.mT
     width = warm_sketch_width(k)
-    usable = subspace == "auto" and warm is not None and warm.right.shape == (m.shape[1], width)
+    usable = (
+        subspace == "auto"
+        and warm is not None
+        and warm.right.shape == (t.shape[1], width)
+        and warm.left.shape == (t.shape[0], k)
+    )
     if usable:
-        dtype = compute_dtype(m)
+        dtype = compute_dtype(t)
         left, right = warm.left.to(dtype), warm.right.to(dtype)
         # The estimate compares directions only; the last answer's singular values are not kept.
-        last = TopK(left, left.new_ones(left.shape[1]), right[:, : left.shape[1]])
-        found = top_k_adaptive(m, k, right, tol, last)
+        last = TopK(left, left.new_ones(k), right[:, :k])
+        found = top_k_adaptive(t, k, power_step(t, right), tol, last)
     else:
-        found = top_k_adaptive(m, k, gaussian_start(m, sketch_width(k)), tol)
+        found = top_k_adaptive(t, k, gaussian_start(t, sketch_width(k)), tol)
+    top = found.top if wide else TopK(found.top.v, found.top.s, found.top.u)
     if subspace == "randomized" or found.warm is None:
-        return TrackedTopK(found.top, None, found.error, found.fallback, found.iterations)
+        return TrackedTopK(top, None, found.error, found.fallback, found.iterations)
     keep = WarmStart(found.warm.left.to(CACHE_DTYPE), found.warm.right[:, :width].to(CACHE_DTYPE))
-    return TrackedTopK(found.top, keep, found.error, found.fallback, found.iterations)
+    return TrackedTopK(top, keep, found.error, found.fallback, found.iterations)

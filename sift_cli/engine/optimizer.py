@@ -141,10 +141,10 @@ class SiftOptimizer(torch.optim.Optimizer):
             if cfg.method == "sift" and route.candidate and not cfg.exact and cfg.subspace == "auto":
                 for block in self._blocks[p]:
                     if cfg.k is not None and sketch_width(cfg.k) < min(block.shape):
-                        rows, cols = block.shape
+                        short, long = sorted(block.shape)
                         for objective in ("f", "g"):
-                            layout[f"left_{objective}{block.suffix}"] = ((rows, cfg.k), CACHE_DTYPE)
-                            layout[f"basis_{objective}{block.suffix}"] = ((cols, warm_sketch_width(cfg.k)), CACHE_DTYPE)
+                            layout[f"left_{objective}{block.suffix}"] = ((short, cfg.k), CACHE_DTYPE)
+                            layout[f"basis_{objective}{block.suffix}"] = ((long, warm_sketch_width(cfg.k)), CACHE_DTYPE)
         else:
             layout.update({key: (shape, torch.float32) for key in ("exp_avg", "exp_avg_sq")})
         return layout

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import F64, decaying, orthonormal
 
-from sift_cli.engine import alignment, msign, msign_exact, pseudo_polar
+from sift_cli.engine import alignment, msign, msign_exact, polar_of_pair
 from sift_cli.engine.linalg import (
     NS_COEFFS,
     NS_STEPS,
@@ -65,30 +65,37 @@ def test_numerical_rank_counts_above_fp32_tolerance():
     assert numerical_rank(torch.zeros(3), (3, 3)) == 0
 
 
-def test_pseudo_polar_matches_svd_reference_on_generic_basis():
-    u = torch.randn(50, 12, generator=torch.Generator().manual_seed(5), dtype=F64)
-    ref = pseudo_polar_reference(u)
-    assert (pseudo_polar(u) - ref).norm() / ref.norm() < 1e-10
-    assert torch.allclose(ref.mT @ ref, torch.eye(12, dtype=F64), atol=1e-10)
+def assembled(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """msign([a, b]) from polar_of_pair's factors, in float64."""
+    pair = polar_of_pair(a, b)
+    return torch.cat([pair.first.to(F64) @ pair.rot_first.mT, pair.second.to(F64) @ pair.rot_second.mT], dim=1)
 
 
-def test_pseudo_polar_overlapping_columns_are_well_defined():
+@pytest.mark.parametrize(("m", "p", "q"), [(50, 12, 9), (20, 16, 12), (30, 7, 0)])
+def test_polar_of_pair_matches_svd_reference(m, p, q):
+    """Thin, wider than tall (shared directions forced: 28 columns in 20 dimensions) and one empty basis."""
+    a, b = orthonormal(m, p, 5), orthonormal(m, q, 6) if q else torch.zeros(m, 0, dtype=F64)
+    ref = pseudo_polar_reference(torch.cat([a, b], dim=1))
+    assert (assembled(a, b) - ref).norm() / ref.norm() < 1e-10
+    assert (assembled(a.float(), b.float()) - ref).norm() / ref.norm() < 1e-5
+
+
+def test_polar_of_pair_overlapping_columns_are_well_defined():
     base = orthonormal(40, 6, 6)
-    extra = orthonormal(40, 2, 7)
-    u = torch.cat([base, base[:, :3], extra], dim=1).float()
-    out = pseudo_polar(u).to(F64)
-    ref = pseudo_polar_reference(u.to(F64))
+    shared = torch.linalg.qr(torch.cat([base[:, :3], orthonormal(40, 2, 7)], dim=1)).Q
+    out = assembled(base.float(), shared.float())
+    ref = pseudo_polar_reference(torch.cat([base, shared], dim=1))
     assert (out - ref).norm() / ref.norm() < 1e-5
     assert torch.linalg.matrix_rank(out, rtol=1e-3) == 8
 
 
-def test_pseudo_polar_keeps_close_but_distinct_directions():
+def test_polar_of_pair_keeps_close_but_distinct_directions():
     e = orthonormal(40, 2, 10)
     theta = 2e-3
-    u = torch.stack([e[:, 0], math.cos(theta) * e[:, 0] + math.sin(theta) * e[:, 1]], dim=1)
-    out = pseudo_polar(u.float()).to(F64)
+    a, b = e[:, :1], math.cos(theta) * e[:, :1] + math.sin(theta) * e[:, 1:]
+    out = assembled(a.float(), b.float())
     assert torch.linalg.matrix_rank(out, rtol=1e-3) == 2
-    assert (out - msign_exact(u, rtol=1e-12)).norm() < 1e-3
+    assert (out - msign_exact(torch.cat([a, b], dim=1), rtol=1e-12)).norm() < 1e-3
 
 
 def test_top_k_svd_truncates_at_numerical_rank():
@@ -101,7 +108,7 @@ def test_top_k_svd_truncates_at_numerical_rank():
 def iterate(m: torch.Tensor, start: torch.Tensor, k: int, steps: int):
     for _ in range(steps):
         found = subspace_iteration_step(m, start, k)
-        start = found.span
+        start = found.basis
     return found
 
 
@@ -110,8 +117,8 @@ def test_randomized_sketch_recovers_paired_top_k():
     k = 12
     found = iterate(m.float(), gaussian_start(m.float(), sketch_width(k)), k, steps=4)
     top, exact = found.top, top_k_svd(m, k)
-    assert found.right_basis().shape == (200, sketch_width(k))
-    assert torch.allclose(found.right_basis()[:, :k], top.v)
+    assert found.basis.shape == (200, sketch_width(k))
+    assert torch.allclose(found.basis[:, :k], top.v)
     assert torch.allclose(top.s.to(F64), exact.s, rtol=1e-4)
     # Pairing: u_i^T m v_i = s_i for the sketch's own vectors.
     assert torch.allclose(((top.u.to(F64).mT @ m) * top.v.to(F64).mT).sum(1), exact.s, rtol=1e-4)
@@ -128,7 +135,7 @@ def test_warm_start_converges_further_than_cold():
         return float((top.u.to(F64) @ top.u.to(F64).mT - exact.u @ exact.u.mT).norm())
 
     cold = subspace_iteration_step(m, start, k)
-    warm = subspace_iteration_step(m, cold.right_basis(), k)
+    warm = subspace_iteration_step(m, cold.basis, k)
     assert err(warm.top) < 0.5 * err(cold.top)
 
 
