@@ -40,7 +40,8 @@ def test_stochastic_rounding_is_unbiased():
 @pytest.mark.parametrize("method", ["sift", "muon", "adamw", "blur"])
 def test_bf16_master_is_bit_identical_to_an_fp32_run(method):
     """Given the same gradients, the bf16 parameter's master is the fp32 run's weight exactly, and the
-    bf16 weight is that weight rounded to nearest."""
+    bf16 weight is that weight rounded to nearest (split_fp32's rounding: ties, which five steps of a
+    few hundred weights do reach, go away from zero)."""
     named32 = make_params()
     named16 = [(n, nn.Parameter(p.detach().to(torch.bfloat16))) for n, p in named32]
     named32 = [(n, nn.Parameter(p.detach().float())) for n, p in named16]
@@ -58,7 +59,7 @@ def test_bf16_master_is_bit_identical_to_an_fp32_run(method):
     for (name, p32), (_, p16) in zip(named32, named16):
         master = join_fp32(p16.detach(), opt16.state[p16]["master_low"])
         assert torch.equal(master, p32.detach()), name
-        assert torch.equal(p16.detach(), p32.detach().to(torch.bfloat16)), name
+        assert torch.equal(p16.detach(), split_fp32(p32.detach())[0]), name
 
 
 @pytest.mark.parametrize("method", ["muon", "sift"])
