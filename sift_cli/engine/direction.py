@@ -29,6 +29,7 @@ from .linalg import (
     power_step,
     pseudo_polar_reference,
     rank_tolerance,
+    shifted_rate,
     sketch_width,
     subspace_iteration_step,
     top_k_gram,
@@ -126,7 +127,7 @@ def assess(reference: TopK | None, current: RitzStep, k: int, shape: tuple[int, 
     s = current.s
     tiny = torch.finfo(s.dtype).tiny
     rank_short = (s[k - 1] <= rank_tolerance(shape) * s[0]).to(s.dtype)
-    rho = (s[-1] / s[k - 1].clamp_min(tiny)).square()
+    rho = shifted_rate(s, k)
     split = FP32_EPS * s[0] / (s[k - 1] - s[k]).clamp_min(tiny) * math.sqrt(2.0 / k)
     change = direction_change(reference, current.top) if reference is not None else s.new_tensor(math.inf)
     change, rho, short, split = torch.stack([change, rho, rank_short, split]).tolist()
@@ -152,23 +153,23 @@ def top_k_adaptive(m: Tensor, k: int, start: Tensor, tol: float, last: TopK | No
     while done < MAX_ITERATIONS:
         current = subspace_iteration_step(m, start, k)
         done += 1
-        start = current.basis
+        width = start.shape[1]
         found = assess(previous if previous is not None else last, current, k, shape)
         if found.rank_short:
             if captures_range(m, current):
-                return TrackedTopK(leading(current.top, k, shape), WarmStart(current.top.u, current.basis), 0.0, False, done)
+                return TrackedTopK(leading(current.top, k, shape), WarmStart(current.top.u, current.basis()), 0.0, False, done)
             break
         if previous is not None and found.error <= tol:
             if found.split > tol:
                 break
-            return TrackedTopK(current.top, WarmStart(current.top.u, current.basis), found.error, False, done)
+            return TrackedTopK(current.top, WarmStart(current.top.u, current.basis()), found.error, False, done)
         has_reference = previous is not None or last is not None
         if has_reference and found.error * found.rho ** (MAX_ITERATIONS - done) > tol:
             break
-        previous = current.top
-    exact = top_k_gram(m, start.shape[1])
+        previous, start = current.top, current.shifted_start()
+    exact = top_k_gram(m, width)
     top = leading(exact, k, shape)
-    warm = WarmStart(top.u, exact.v) if exact.s.numel() == start.shape[1] else None
+    warm = WarmStart(top.u, exact.v) if exact.s.numel() == width else None
     return TrackedTopK(top, warm, 0.0, True, done)
 
 

@@ -195,15 +195,47 @@ def gaussian_start(m: Tensor, width: int, seed: int = SKETCH_SEED) -> Tensor:
 
 
 class RitzStep(NamedTuple):
-    """One subspace iteration: the leading `keep` Ritz triplets (paired), all Ritz values, all right Ritz
-    vectors largest first (the next start, and a warm start whose first k columns are the answer's V_k),
-    and the left orthonormal basis q with the image z = m^T q that produced them (m ~ q z^T on the sketch)."""
+    """One subspace iteration from the right basis `start`: the leading `keep` Ritz triplets (paired), all
+    Ritz values, and what produced them: q = orth(m S) = m S R^-1, the image z = m^T q (m ~ q z^T on
+    the sketch) and the rotation W to Ritz order. What only some iterations need is computed on
+    request: the full Ritz basis (a warm start) and the next iteration's start."""
 
     top: TopK
     s: Tensor
-    basis: Tensor
+    start: Tensor
     left: Tensor
+    pivots: Tensor
     image: Tensor
+    rotation: Tensor
+    scale: Tensor
+
+    def basis(self) -> Tensor:
+        """All right Ritz vectors, largest first: a warm start whose first k columns are the answer's V_k."""
+        return (self.image @ self.rotation) * self.scale
+
+    def shifted_start(self) -> Tensor:
+        """The next start, span((m^T m - c) S) with c = s_w^2 / 2, as z - c S R^-1: the form whose columns
+        have z's conditioning (s_1 / s_w), where z R - c S would have its square. The shift maps the
+        unwanted spectrum [0, sigma_{w+1}^2] into [-c, c], so the top-k error shrinks by about
+        (rho / 2) / (1 - rho / 2) per iteration instead of rho = (s_w / s_k)^2 (shifted_rate); since c <
+        sigma_{w+1}^2 it is never the slower one. Pivots are kept off zero (a momentum of rank below the
+        width): such a column becomes some direction of span(S), still a valid start. Columns are
+        scaled to unit length, so the tail keeps its fp32 precision from step to step."""
+        pivots = self.pivots.diagonal()
+        floor = pivots.abs().max() * FP32_EPS + torch.finfo(pivots.dtype).tiny
+        safe = self.pivots + torch.diag(torch.where(pivots.abs() < floor, floor - pivots, torch.zeros_like(pivots)))
+        behind = torch.linalg.solve_triangular(safe, self.start, upper=True, left=False)
+        shifted = self.image - (self.s[-1].square() / 2) * behind
+        return shifted / torch.linalg.vector_norm(shifted, dim=0).clamp_min(torch.finfo(shifted.dtype).tiny)
+
+
+def shifted_rate(s: Tensor, keep: int) -> Tensor:
+    """Convergence factor per iteration of the top-`keep` subspace under the shifted iteration of
+    subspace_iteration_step, from its Ritz values: with lambda = s^2 and the shift c = lambda_w / 2,
+    max(c, lambda_{w+1} - c) / (lambda_k - c) ~ (rho / 2) / (1 - rho / 2) where rho = (s_w / s_k)^2 is the
+    plain iteration's factor (lambda_{w+1} taken as lambda_w, the sketch's best estimate of it)."""
+    rho = (s[-1] / s[keep - 1].clamp_min(torch.finfo(s.dtype).tiny)).square()
+    return (rho / 2) / (1 - rho / 2)
 
 
 def subspace_iteration_step(m: Tensor, start: Tensor, keep: int) -> RitzStep:
@@ -212,23 +244,21 @@ def subspace_iteration_step(m: Tensor, start: Tensor, keep: int) -> RitzStep:
     q = orth(m S) and z = m^T q; the Ritz triplets of m on the sketch come from the eigendecomposition of
     the small float64 Gram matrix z^T z = W diag(s^2) W^T: u = q W, v = z W / s, so q^T m = u diag(s) v^T
     exactly on the iterate. That replaces a second QR (of z) and an SVD of its R factor, about a third of
-    an iteration's time on SmolLM2's blocks at K=128 (one CPU core). The right Ritz vectors are the next
-    start: normalized, so the tail columns keep fp32 precision from step to step. Callers pass m wide
-    (rows <= columns), so the one QR is of the short side."""
+    an iteration's time on SmolLM2's blocks at K=128 (one CPU core). Callers pass m wide (rows <=
+    columns), so the one QR is of the short side."""
     m = m.to(compute_dtype(m))
-    q = torch.linalg.qr(m @ start.to(m.dtype)).Q
+    start = start.to(m.dtype)
+    q, r = torch.linalg.qr(m @ start)
     z = m.mT @ q
     z64 = z.to(torch.float64)
     evals, evecs = torch.linalg.eigh(z64.mT @ z64)
     s64 = evals.flip(0).clamp_min(0).sqrt()
     rotation = evecs.flip(1).to(m.dtype)
-    s = s64.to(m.dtype)
     # Directions with a zero Ritz value (rank below the width) are rounding noise: scaled to unit length
     # they are still a usable start, never a division by zero.
     scale = s64.clamp_min(s64[:1] * FP32_EPS + torch.finfo(torch.float64).tiny).reciprocal().to(m.dtype)
-    basis = (z @ rotation) * scale
-    top = TopK(q @ rotation[:, :keep], s[:keep], basis[:, :keep])
-    return RitzStep(top, s, basis, q, z)
+    top = TopK(q @ rotation[:, :keep], s64[:keep].to(m.dtype), (z @ rotation[:, :keep]) * scale[:keep])
+    return RitzStep(top, s64.to(m.dtype), start, q, r, z, rotation, scale)
 
 
 def power_step(m: Tensor, start: Tensor) -> Tensor:

@@ -146,8 +146,8 @@ def warm_start_alone(stream, k: int) -> list[float]:
             start = starts.get(key, torch.randn(m.shape[1], sketch_width(k), generator=torch.Generator().manual_seed(0)))
             for _ in range(2):
                 step = subspace_iteration_step(m, start, k)
-                start = step.basis
-            starts[key] = step.basis[:, : warm_sketch_width(k)]
+                start = step.basis()
+            starts[key] = step.basis()[:, : warm_sketch_width(k)]
             tops.append(leading(step.top, k, tuple(m.shape)))
         errors.append(rel(combine_subspaces(*tops), sift_direction_reference(m_f, m_g, k)))
     return errors
