@@ -1,9 +1,9 @@
 """The SIFT direction D = msign([U_f, U_g]) msign([V_f, V_g])^T from two momenta.
 
-The fast path finds each momentum's top-k subspace by subspace iteration and knows its own error: after
-every iteration it estimates how far the rank-k direction U_k V_k^T still is from the exact one, and it
-stops when that estimate is below the tolerance, or takes the exact decomposition when the estimate's
-own convergence rate says the tolerance cannot be reached within MAX_ITERATIONS.
+The fast path finds each momentum's top-k subspace by (shifted) subspace iteration and knows its own
+error: after every Rayleigh-Ritz step it estimates how far the rank-k direction U_k V_k^T still is from
+the exact one, and it stops when that estimate is below the tolerance, or takes the exact decomposition
+when the estimate's own convergence rate says the tolerance cannot be reached within MAX_ITERATIONS.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ momentum itself, so rounding the start costs at most iterations, never accuracy.
 caches, which at K=128 on SmolLM2's 576-wide blocks is what keeps SIFT's state below mixed-precision
 AdamW's (`sift bench memory`)."""
 MAX_ITERATIONS = 6
-"""Cap on subspace iterations before the exact decomposition. One iteration (two products, two QRs and a
-small SVD at width 1.5k) costs about a quarter of top_k_gram on SmolLM2's 576-wide blocks at k=128 (one
-CPU core); blocks that converge take 2-4 (real SmolLM2 momenta), and a block whose rate says the
-tolerance is out of reach gives up at once, so the cap only bounds slow but converging blocks."""
+"""Cap on Rayleigh-Ritz iterations before the exact decomposition. One iteration (two products, a QR of
+the short side and a float64 eigendecomposition at width 1.5k) costs about a sixth of top_k_gram on
+SmolLM2's 576-wide blocks at k=128 (one CPU core); blocks that converge take 2-3 after the warm start's
+power step (real SmolLM2 momenta), and a block whose rate says the tolerance is out of reach gives up
+at once, so the cap only bounds slow but converging blocks."""
 
 
 class WarmStart(NamedTuple):
@@ -112,9 +113,9 @@ class Assessment(NamedTuple):
 def assess(reference: TopK | None, current: RitzStep, k: int, shape: tuple[int, int]) -> Assessment:
     """Error estimate, rate, rank and split of an iterate, in one host transfer.
 
-    Subspace iteration of width w shrinks the top-k error by rho = (sigma_{w+1}/sigma_k)^2 per
-    iteration; the Ritz values give rho ~ (s_w/s_k)^2. With e_i = rho e_{i-1}, the change between two
-    iterates is (1 - rho) e_{i-1}, so e_i = change * rho / (1 - rho). On flat spectra rho -> 1 and the
+    The shifted iteration of width w shrinks the top-k error by rho per iteration, which the Ritz values
+    give (shifted_rate). With e_i = rho e_{i-1}, the change between two iterates is (1 - rho) e_{i-1},
+    so e_i = change * rho / (1 - rho). On flat spectra rho -> 1 and the
     estimate grows without bound: the top-k subspace is ill-defined there and no iteration count fixes
     that. Along real SmolLM2 momentum streams the largest estimate and the largest true error of the
     accepted directions agree within ~15% (`sift bench engine`).
@@ -205,7 +206,10 @@ def top_k_tracked(
 
     subspace="auto": adaptive subspace iteration warm-started from this block's previous answer
     (warm_sketch_width(k) columns, kept in CACHE_DTYPE; a cold Gaussian start of sketch_width(k) columns
-    when there is none).
+    when there is none). The warm start first takes one power step without Rayleigh-Ritz: momenta move
+    enough per step that the first Ritz iterate could never be accepted (it only serves as the
+    reference of the second), and Rayleigh-Ritz does not change the span, so skipping it there gives
+    the same answer for one Ritz step less (2 instead of 3 on SmolLM2's q/o blocks).
     subspace="randomized": the cold start every step and nothing kept: stateless and reproducible, more
     iterations for the same tolerance. Either way the exact top_k_gram when k is None or the sketch is
     not narrower than min(m, n) (there an iteration would cost as much as the exact answer).

@@ -33,15 +33,22 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def alignment(a: Tensor, b: Tensor) -> float:
-    """Cosine of the flattened tensors; 0.0 when either is zero, so an absent objective never gates.
+def alignments(*pairs: tuple[Tensor, Tensor]) -> list[float]:
+    """Cosine of each pair of flattened tensors; 0.0 when either is zero, so an absent objective never
+    gates. All numbers come back in one host transfer: the optimizer asks for a block's gradient and
+    momentum alignment together."""
+    stats = []
+    for a, b in pairs:
+        dtype = compute_dtype(a)
+        a, b = a.reshape(-1).to(dtype), b.reshape(-1).to(dtype)
+        stats.extend([torch.dot(a, b), torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)])
+    values = torch.stack(stats).tolist()
+    return [dot / denom if denom > 0.0 else 0.0 for dot, denom in zip(values[::2], values[1::2])]
 
-    Both numbers come back in one transfer: the optimizer calls this twice per block per step."""
-    dtype = compute_dtype(a)
-    a = a.reshape(-1).to(dtype)
-    b = b.reshape(-1).to(dtype)
-    dot, denom = torch.stack([torch.dot(a, b), torch.linalg.vector_norm(a) * torch.linalg.vector_norm(b)]).tolist()
-    return dot / denom if denom > 0.0 else 0.0
+
+def alignment(a: Tensor, b: Tensor) -> float:
+    """Cosine of the flattened tensors (alignments of one pair)."""
+    return alignments((a, b))[0]
 
 
 def msign(m: Tensor, steps: int = NS_STEPS) -> Tensor:

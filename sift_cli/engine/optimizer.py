@@ -19,7 +19,7 @@ from .direction import (
     top_k_tracked,
 )
 from .distributed import ShardedStep, is_sharded
-from .linalg import alignment, msign, sketch_width, warm_sketch_width
+from .linalg import alignment, alignments, msign, sketch_width, warm_sketch_width
 from .precision import (
     STOCHASTIC_SEED,
     Layout,
@@ -233,8 +233,7 @@ class SiftOptimizer(torch.optim.Optimizer):
         reports = []
         for block in self._blocks[p]:
             rows = block.rows
-            tau_grad = alignment(grad_f[rows], grad_g[rows])
-            tau_m = alignment(m_f[rows], m_g[rows])
+            tau_grad, tau_m = alignments((grad_f[rows], grad_g[rows]), (m_f[rows], m_g[rows]))
             tau = tau_grad if cfg.tau_source == "grad" else tau_m
             quality = SubspaceQuality()
             if cfg.method == "sift" and route.candidate and tau < cfg.eps:

@@ -13,6 +13,7 @@ from sift_cli.engine.direction import (
     top_k_tracked,
 )
 from sift_cli.engine.linalg import (
+    gaussian_start,
     leading,
     sketch_width,
     subspace_iteration_step,
@@ -205,3 +206,40 @@ def test_adaptive_iteration_stops_once_the_estimate_meets_the_tolerance():
     tight = top_k_adaptive(m, 8, torch.randn(200, 16, generator=torch.Generator().manual_seed(1)), tol=1e-4)
     assert loose.iterations < tight.iterations
     assert loose.error <= 0.05 and (tight.error <= 1e-4 or tight.fallback)
+
+
+def test_low_rank_momentum_is_answered_from_the_sketch_without_fallback():
+    """Rank 12 (between k=8 and the sketch width): the sketch holds the whole range after one product, so
+    the Ritz triplets are exact; rank 5 (below k): they are, truncated to the numerical rank."""
+    for rank, k in ((12, 8), (5, 8)):
+        left, right = orthonormal(90, rank, 30), orthonormal(140, rank, 31)
+        m = (left * torch.linspace(3.0, 0.5, rank, dtype=F64)) @ right.mT
+        tracked = top_k_tracked(m.float(), k, None)
+        exact = top_k_svd(m, k)
+        assert not tracked.fallback and tracked.error == 0.0 and tracked.iterations == 1
+        assert tracked.top.s.numel() == min(rank, k)
+        assert rel(tracked.top.u @ tracked.top.v.mT, exact.u @ exact.v.mT) < 1e-5
+
+
+def test_split_below_fp32_resolution_takes_the_exact_decomposition():
+    """Singular values k and k+1 a few fp32 roundings apart: any fp32 iteration mixes the two directions,
+    so the fast path must take the float64 decomposition, which tells them apart."""
+    k = 8
+    s = torch.cat([torch.linspace(1.0, 0.02, k, dtype=F64), torch.tensor([0.02 - 1e-9], dtype=F64), torch.linspace(0.0199, 0.001, 71, dtype=F64)])
+    m = (orthonormal(120, 80, 32) * s) @ orthonormal(160, 80, 33).mT
+    tracked = top_k_tracked(m.float(), k, None)
+    exact = top_k_svd(m.float().to(F64), k)  # the stored fp32 momentum's own split
+    assert tracked.fallback
+    assert rel(tracked.top.u @ tracked.top.v.mT, exact.u @ exact.v.mT) < 1e-4
+
+
+def test_shifted_iteration_converges_faster_than_the_plain_one():
+    m = decaying(150, 220, 34).float()
+    k = 10
+    exact = top_k_svd(decaying(150, 220, 34), k)
+    plain = shifted = gaussian_start(m, warm_sketch_width(k))
+    for _ in range(3):
+        plain_step, shifted_step = subspace_iteration_step(m, plain, k), subspace_iteration_step(m, shifted, k)
+        plain, shifted = plain_step.basis(), shifted_step.shifted_start()
+    errors = [rel(step.top.u @ step.top.v.mT, exact.u @ exact.v.mT) for step in (plain_step, shifted_step)]
+    assert errors[1] < 0.7 * errors[0]

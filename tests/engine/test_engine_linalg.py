@@ -10,6 +10,7 @@ from sift_cli.engine import alignment, msign, msign_exact, polar_of_pair
 from sift_cli.engine.linalg import (
     NS_COEFFS,
     NS_STEPS,
+    alignments,
     direction_change,
     gaussian_start,
     numerical_rank,
@@ -180,3 +181,4 @@ def test_alignment_cosine_and_zero_norm():
     expected = float((b * c).sum() / (b.norm() * c.norm()))
     assert alignment(b, c) == pytest.approx(expected, rel=1e-5)
     assert not math.isnan(alignment(torch.zeros(3), torch.zeros(3)))
+    assert alignments((b, c), (a, -a), (a, torch.zeros(2, 2))) == pytest.approx([expected, -1.0, 0.0], rel=1e-5)
