@@ -210,13 +210,14 @@ def test_adaptive_iteration_stops_once_the_estimate_meets_the_tolerance():
 
 def test_low_rank_momentum_is_answered_from_the_sketch_without_fallback():
     """Rank 12 (between k=8 and the sketch width): the sketch holds the whole range after one product, so
-    the Ritz triplets are exact; rank 5 (below k): they are, truncated to the numerical rank."""
+    the Ritz triplets are exact and the rate is zero; rank 5 (below k): they are exact truncated to the
+    numerical rank, which the residual check confirms at once."""
     for rank, k in ((12, 8), (5, 8)):
         left, right = orthonormal(90, rank, 30), orthonormal(140, rank, 31)
         m = (left * torch.linspace(3.0, 0.5, rank, dtype=F64)) @ right.mT
         tracked = top_k_tracked(m.float(), k, None)
         exact = top_k_svd(m, k)
-        assert not tracked.fallback and tracked.error == 0.0 and tracked.iterations == 1
+        assert not tracked.fallback and tracked.error == 0.0 and tracked.iterations == (1 if rank < k else 2)
         assert tracked.top.s.numel() == min(rank, k)
         assert rel(tracked.top.u @ tracked.top.v.mT, exact.u @ exact.v.mT) < 1e-5
 
