@@ -221,19 +221,26 @@ class RitzStep(NamedTuple):
         return (self.image @ self.rotation) * self.scale
 
     def shifted_start(self) -> Tensor:
-        """The next start, span((m^T m - c) S) with c = s_w^2 / 2, as z - c S R^-1: the form whose columns
-        have z's conditioning (s_1 / s_w), where z R - c S would have its square. The shift maps the
-        unwanted spectrum [0, sigma_{w+1}^2] into [-c, c], so the top-k error shrinks by about
-        (rho / 2) / (1 - rho / 2) per iteration instead of rho = (s_w / s_k)^2 (shifted_rate); since c <
-        sigma_{w+1}^2 it is never the slower one. Pivots are kept off zero (a momentum of rank below the
-        width): such a column becomes some direction of span(S), still a valid start. Columns are
-        scaled to unit length, so the tail keeps its fp32 precision from step to step."""
-        pivots = self.pivots.diagonal()
+        """The next start, span((m^T m - c) S) with c = s_w^2 / 2 (shifted_image)."""
+        return shifted_image(self.start, self.left, self.pivots, self.image, self.s[-1].square() / 2)
+
+
+def shifted_image(start: Tensor, q: Tensor, r: Tensor, z: Tensor, shift: Tensor | None) -> Tensor:
+    """span((m^T m - c) S) from m S = q R and z = m^T q, as z - c S R^-1 with unit columns: the form whose
+    columns have z's conditioning (s_1 / s_w), where z R - c S would have its square.
+
+    The shift c = s_w^2 / 2 maps the unwanted spectrum [0, sigma_{w+1}^2] into [-c, c], so the top-k
+    error shrinks by about (rho / 2) / (1 - rho / 2) per iteration instead of rho = (s_w / s_k)^2
+    (shifted_rate); since c < sigma_{w+1}^2 it is never the slower one. Pivots are kept off zero (a
+    momentum of rank below the width): such a column becomes some direction of span(S), still a valid
+    start. Unit columns keep the tail in fp32 range from step to step. shift None: plain z."""
+    image = z
+    if shift is not None:
+        pivots = r.diagonal()
         floor = pivots.abs().max() * FP32_EPS + torch.finfo(pivots.dtype).tiny
-        safe = self.pivots + torch.diag(torch.where(pivots.abs() < floor, floor - pivots, torch.zeros_like(pivots)))
-        behind = torch.linalg.solve_triangular(safe, self.start, upper=True, left=False)
-        shifted = self.image - (self.s[-1].square() / 2) * behind
-        return shifted / torch.linalg.vector_norm(shifted, dim=0).clamp_min(torch.finfo(shifted.dtype).tiny)
+        safe = r + torch.diag(torch.where(pivots.abs() < floor, floor - pivots, torch.zeros_like(pivots)))
+        image = z - shift * torch.linalg.solve_triangular(safe, start, upper=True, left=False)
+    return image / torch.linalg.vector_norm(image, dim=0).clamp_min(torch.finfo(image.dtype).tiny)
 
 
 def shifted_rate(s: Tensor, keep: int) -> Tensor:
@@ -263,18 +270,19 @@ def subspace_iteration_step(m: Tensor, start: Tensor, keep: int) -> RitzStep:
     rotation = evecs.flip(1).to(m.dtype)
     # Directions with a zero Ritz value (rank below the width) are rounding noise: scaled to unit length
     # they are still a usable start, never a division by zero.
-    scale = s64.clamp_min(s64[:1] * FP32_EPS + torch.finfo(torch.float64).tiny).reciprocal().to(m.dtype)
+    scale = s64.clamp_min(s64[:1] * FP32_EPS + torch.finfo(m.dtype).tiny).reciprocal().to(m.dtype)
     top = TopK(q @ rotation[:, :keep], s64[:keep].to(m.dtype), (z @ rotation[:, :keep]) * scale[:keep])
     return RitzStep(top, s64.to(m.dtype), start, q, r, z, rotation, scale)
 
 
-def power_step(m: Tensor, start: Tensor) -> Tensor:
-    """The right basis one subspace-iteration step further, m^T orth(m S) with unit columns, without the
-    Rayleigh-Ritz step: half the cost of subspace_iteration_step. Unit columns keep the tail in fp32
-    range; the next step's QR orthonormalizes whatever the start is."""
+def power_step(m: Tensor, start: Tensor, shift: Tensor | None = None) -> Tensor:
+    """The right basis one (shifted) subspace-iteration step further, without the Rayleigh-Ritz step:
+    about half the cost of subspace_iteration_step. The next step's QR orthonormalizes whatever the
+    start is."""
     m = m.to(compute_dtype(m))
-    z = m.mT @ torch.linalg.qr(m @ start.to(m.dtype)).Q
-    return z / torch.linalg.vector_norm(z, dim=0).clamp_min(torch.finfo(z.dtype).tiny)
+    start = start.to(m.dtype)
+    q, r = torch.linalg.qr(m @ start)
+    return shifted_image(start, q, r, m.mT @ q, shift)
 
 
 def captures_range(m: Tensor, step: RitzStep) -> bool:

@@ -244,3 +244,8 @@ def test_shifted_iteration_converges_faster_than_the_plain_one():
         plain, shifted = plain_step.basis(), shifted_step.shifted_start()
     errors = [rel(step.top.u @ step.top.v.mT, exact.u @ exact.v.mT) for step in (plain_step, shifted_step)]
     assert errors[1] < 0.7 * errors[0]
+
+
+def test_zero_momentum_gives_an_empty_top_k_without_fallback():
+    tracked = top_k_tracked(torch.zeros(90, 140), 8, None)
+    assert tracked.top.s.numel() == 0 and not tracked.fallback and tracked.error == 0.0
