@@ -57,3 +57,16 @@ def test_whole_step_bench_measures_each_variant_on_a_small_model():
     assert results["sift (gated, eps -0.1)"]["sift_blocks"] <= blocks
     for row in results.values():
         assert 0 < row["optimizer_seconds"] < row["step_seconds"]
+
+
+def test_whole_step_bench_reads_new_windows_every_step():
+    """A batch repeated every step gives momenta of rank below K; the bench's windows never repeat."""
+    from sift_cli.bench.train import TEXTS, batches
+
+    tokenizer = tiny_tokenizer()
+    steps = batches(tokenizer, TEXTS["f"], batch_size=4, length=32, count=3)
+    rows = torch.cat(steps)
+    assert [tuple(b.shape) for b in steps] == [(4, 32)] * 3
+    assert len({tuple(row.tolist()) for row in rows}) == 12
+    with pytest.raises(RuntimeError, match="too few"):
+        batches(tokenizer, ["A short text."], batch_size=4, length=32, count=3)

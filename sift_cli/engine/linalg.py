@@ -204,14 +204,14 @@ def gaussian_start(m: Tensor, width: int, seed: int = SKETCH_SEED) -> Tensor:
 class RitzStep(NamedTuple):
     """One subspace iteration from the right basis `start`: the leading `keep` Ritz triplets (paired), all
     Ritz values, and what produced them: q = orth(m S) = m S R^-1, the image z = m^T q (m ~ q z^T on
-    the sketch) and the rotation W to Ritz order. What only some iterations need is computed on
+    the sketch), R and the rotation W to Ritz order. What only some iterations need is computed on
     request: the full Ritz basis (a warm start) and the next iteration's start."""
 
     top: TopK
     s: Tensor
     start: Tensor
     left: Tensor
-    pivots: Tensor
+    r_factor: Tensor
     image: Tensor
     rotation: Tensor
     scale: Tensor
@@ -222,7 +222,7 @@ class RitzStep(NamedTuple):
 
     def shifted_start(self) -> Tensor:
         """The next start, span((m^T m - c) S) with c = s_w^2 / 2 (shifted_image)."""
-        return shifted_image(self.start, self.left, self.pivots, self.image, self.s[-1].square() / 2)
+        return shifted_image(self.start, self.left, self.r_factor, self.image, self.s[-1].square() / 2)
 
 
 def shifted_image(start: Tensor, q: Tensor, r: Tensor, z: Tensor, shift: Tensor | None) -> Tensor:
