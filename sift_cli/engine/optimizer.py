@@ -265,7 +265,12 @@ class SiftOptimizer(torch.optim.Optimizer):
                 state.pop(left_key, None)
                 state.pop(right_key, None)
             else:
-                state[left_key], state[right_key] = tracked.warm
+                for key, value in zip((left_key, right_key), tracked.warm):
+                    # In place once the block has its cache: state that moves every step fragments the heap.
+                    if key in state and state[key].shape == value.shape:
+                        state[key].copy_(value)
+                    else:
+                        state[key] = value
             found.append(tracked)
         quality = SubspaceQuality(max(t.error for t in found), any(t.fallback for t in found))
         return combine_subspaces(*(t.top for t in found)), quality
