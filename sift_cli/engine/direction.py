@@ -34,7 +34,6 @@ from .linalg import (
     subspace_iteration_step,
     top_k_gram,
     top_k_svd,
-    warm_sketch_width,
 )
 
 DEFAULT_TOL = OptimizerConfig.subspace_tol
@@ -206,10 +205,11 @@ def sift_direction(
     """SIFT direction of two momenta from their top-k singular vectors (k None: numerical rank).
 
     Directions at or beyond the numerical rank are never used, so rank-deficient momenta let no
-    null-space noise in. exact=True takes full SVDs. The default fast path runs a cold randomized range
-    finder (sketch_width(k) columns) adaptively to the error estimate tol (top_k_adaptive); it takes
-    the exact top_k_gram when k is None or the sketch is not narrower than min(m, n). The optimizer
-    does better per step: it warm-starts the iteration from the previous step's basis (top_k_tracked).
+    null-space noise in. exact=True takes full SVDs. The default fast path runs a randomized range
+    finder (sketch_width(k) columns from a seeded Gaussian basis) adaptively to the error estimate tol
+    (top_k_adaptive); it takes the exact top_k_gram when k is None or the sketch is not narrower than
+    min(m, n). The optimizer warm-starts the iteration from the previous step's basis instead
+    (top_k_tracked).
     """
     if exact:
         return combine_subspaces(top_k_svd(m_f, k), top_k_svd(m_g, k))
@@ -230,15 +230,17 @@ def top_k_tracked(
 ) -> TrackedTopK:
     """Top-k triplets for one momentum inside the optimizer, with what to keep for next step.
 
-    subspace="auto": adaptive subspace iteration warm-started from this block's previous answer
-    (warm_sketch_width(k) columns, kept in CACHE_DTYPE; a cold Gaussian start of sketch_width(k) columns
-    when there is none). The warm start first takes one power step without Rayleigh-Ritz: momenta move
-    enough per step that the first Ritz iterate could never be accepted (it only serves as the
-    reference of the second), and Rayleigh-Ritz does not change the span, so skipping it there gives
-    the same answer for one Ritz step less (2 instead of 3 on SmolLM2's q/o blocks).
-    subspace="randomized": the cold start every step and nothing kept: stateless and reproducible, more
-    iterations for the same tolerance. Either way the exact top_k_gram when k is None or the sketch is
-    not narrower than min(m, n) (there an iteration would cost as much as the exact answer).
+    subspace="auto": adaptive subspace iteration of sketch_width(k) columns warm-started from this
+    block's previous answer (kept in CACHE_DTYPE), or from a seeded Gaussian basis when there is none.
+    Either start first takes one power step without Rayleigh-Ritz: momenta move enough per step that the
+    first Ritz iterate could never be accepted (it only serves as the reference of the second), and
+    Rayleigh-Ritz does not change the span, so skipping it there gives the same answer for one Ritz
+    step less (2 instead of 3 on SmolLM2's q/o blocks). Along real SmolLM2 momentum streams the warm
+    start saves little over the Gaussian one (momenta move by ~30% per step in the bulk past the top
+    directions): 0-8% of the time, measured.
+    subspace="randomized": the Gaussian start every step and nothing kept: stateless and reproducible.
+    Either way the exact top_k_gram when k is None or the sketch is not narrower than min(m, n) (there
+    an iteration would cost as much as the exact answer).
     A tall block is iterated as its transpose, so the one QR per iteration is of the short side; its
     warm start is kept in that orientation (WarmStart).
     """
@@ -246,22 +248,22 @@ def top_k_tracked(
         return TrackedTopK(top_k_gram(m, k), None, 0.0, False, 0)
     wide = m.shape[0] <= m.shape[1]
     t = m if wide else m.mT
-    width = warm_sketch_width(k)
+    width = sketch_width(k)
     usable = (
         subspace == "auto"
         and warm is not None
         and warm.right.shape == (t.shape[1], width)
         and warm.left.shape == (t.shape[0], k)
     )
+    last = None
     if usable:
         dtype = compute_dtype(t)
         left, right = warm.left.to(dtype), warm.right.to(dtype)
         # The estimate compares directions only; the last answer's singular values are not kept.
         last = TopK(left, left.new_ones(k), right[:, :k])
-        found = top_k_adaptive(t, k, power_step(t, right), tol, last)
-        found = replace(found, iterations=found.iterations + 1)
-    else:
-        found = top_k_adaptive(t, k, gaussian_start(t, sketch_width(k)), tol)
+    start = right if usable else gaussian_start(t, width)
+    found = top_k_adaptive(t, k, power_step(t, start), tol, last)
+    found = replace(found, iterations=found.iterations + 1)
     top = found.top if wide else TopK(found.top.v, found.top.s, found.top.u)
     if subspace == "randomized" or found.warm is None:
         return TrackedTopK(top, None, found.error, found.fallback, found.iterations)

@@ -19,7 +19,7 @@ from .direction import (
     top_k_tracked,
 )
 from .distributed import ShardedStep, is_sharded
-from .linalg import alignment, alignments, msign, sketch_width, warm_sketch_width
+from .linalg import alignment, alignments, msign, sketch_width
 from .precision import (
     STOCHASTIC_SEED,
     Layout,
@@ -144,7 +144,7 @@ class SiftOptimizer(torch.optim.Optimizer):
                         short, long = sorted(block.shape)
                         for objective in ("f", "g"):
                             layout[f"left_{objective}{block.suffix}"] = ((short, cfg.k), CACHE_DTYPE)
-                            layout[f"basis_{objective}{block.suffix}"] = ((long, warm_sketch_width(cfg.k)), CACHE_DTYPE)
+                            layout[f"basis_{objective}{block.suffix}"] = ((long, sketch_width(cfg.k)), CACHE_DTYPE)
         else:
             layout.update({key: (shape, torch.float32) for key in ("exp_avg", "exp_avg_sq")})
         return layout

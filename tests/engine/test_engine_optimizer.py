@@ -20,7 +20,7 @@ from sift_cli.engine import (
     sift_direction,
     spectral_scale,
 )
-from sift_cli.engine.linalg import warm_sketch_width
+from sift_cli.engine.linalg import sketch_width
 
 F64 = torch.float64
 
@@ -230,7 +230,7 @@ def test_fast_sift_in_optimizer_tracks_exact_reference():
         assert float((fast.detach() - exact.detach()).norm() / exact.detach().norm()) < 0.02
         assert 0.0 <= report_fast.subspace_error <= opt_fast.cfg.subspace_tol
         assert report_exact.subspace_error == 0.0
-    assert opt_fast.state[fast]["basis_f"].shape == (160, warm_sketch_width(k))
+    assert opt_fast.state[fast]["basis_f"].shape == (160, sketch_width(k))
     assert opt_fast.state[fast]["left_g"].shape == (96, k)
     assert "basis_f" not in opt_exact.state[exact]
 

@@ -56,7 +56,7 @@ def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
     """The plan shows the Q, K and V slices; the memory estimate counts the subspace caches the engine
     allocates: one warm basis per slice and objective with a sketch narrower than the slice, none at full K."""
     from sift_cli.engine import SiftOptimizer
-    from sift_cli.engine.linalg import warm_sketch_width
+    from sift_cli.engine.linalg import sketch_width
     from sift_cli.memory import layout_bytes
     from sift_cli.plan import optimizer_config, plan
 
@@ -81,5 +81,5 @@ def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
     assert "subspace caches" not in layout_bytes(full_k)
     k4 = SiftOptimizer(named, optimizer_config(spec.optim.__class__(k=4), model.config))
     left = (32 + 16 + 16) * 4  # each slice's rows x K left vectors
-    right = 3 * 32 * warm_sketch_width(4)  # each slice's columns x the warm basis width
+    right = 3 * 32 * sketch_width(4)  # each slice's columns x the warm basis width
     assert layout_bytes(k4)["subspace caches"] == 2 * (left + right) * 2  # f and g, bf16
