@@ -6,9 +6,9 @@ model loss on one text, g is -0.1 x the language-model loss on another, so the g
 point against each other and SIFT's gate sees real conflicts. Each step reads new windows of the demo's
 offline paragraphs (human anatomy for f, infectious disease for g), as training does: a batch repeated
 every step would give momenta of rank below K, which no real run has and which sends every block to
-the exact decomposition. Every 2-D projection of the decoder is trained. Each method runs in its own child process, so its peak resident memory is its own; the
-parent prints seconds per step (whole, and the optimizer alone) and peak memory as ratios to Muon
-measured in the same run.
+the exact decomposition. Every 2-D projection of the decoder is trained. Each method runs in its own
+child process, so its peak resident memory is its own; the parent prints seconds per step (whole, and
+the optimizer alone) and peak memory as ratios to Muon measured in the same run.
 
 SIFT runs twice: gated at the preset's eps (the branch fires where the gradients conflict), and with
 the gate forced open on every block (eps above every possible cosine), the worst case of its cost.
