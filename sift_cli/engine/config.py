@@ -30,8 +30,8 @@ class OptimizerConfig:
     the "adamw" group; under "adamw" and "blur" both groups take AdamW, each with its own lr. lam
     weights f in lam*f + g for the Muon and AdamW branches; SIFT's direction does not depend on it.
     subspace: how the fast SIFT path finds top-k subspaces, "auto" (warm-started subspace iteration per
-    block, full SVD when k is None or k + max(k, 10) >= min(m, n)) or "randomized" (cold range finder
-    every step, no cache); exact=True takes full SVDs instead.
+    block, the exact top-k when k is None or k + max(k // 2, 10) >= min(m, n)) or "randomized" (a
+    Gaussian start every step, no cache); exact=True takes full SVDs instead.
     block_splits: {parameter-name regex: ((label, rows), ...)} for fused matrices (GLM's query_key_value)
     whose row slices each get their own momentum alignment, gate, direction and scale, and are reported
     as `name[label]`.
