@@ -44,11 +44,12 @@ momentum itself, so rounding the start costs at most iterations, never accuracy.
 caches, which at K=128 on SmolLM2's 576-wide blocks is what keeps SIFT's state below mixed-precision
 AdamW's (`sift bench memory`)."""
 MAX_ITERATIONS = 6
-"""Cap on Rayleigh-Ritz iterations before the exact decomposition. One iteration (two products, a QR of
-the short side and a float64 eigendecomposition at width 1.5k) costs about a sixth of top_k_gram on
-SmolLM2's 576-wide blocks at k=128 (one CPU core); blocks that converge take 2-3 after the warm start's
-power step (real SmolLM2 momenta), and a block whose rate says the tolerance is out of reach gives up
-at once, so the cap only bounds slow but converging blocks."""
+"""Cap on the subspace iterations of top_k_adaptive (product pairs, with or without a Ritz step) before
+the exact decomposition. A Ritz iteration (two products, a QR of the short side and a float64
+eigendecomposition at width 1.5k) costs about a sixth of top_k_gram on SmolLM2's 576-wide blocks at
+k=128 (one CPU core); blocks that converge take 2-3 after the first power step (real SmolLM2 momenta),
+and a block whose rate says the tolerance is out of reach gives up at once, so the cap only bounds slow
+but converging blocks."""
 
 
 class WarmStart(NamedTuple):
