@@ -3,10 +3,12 @@ random Llama with a real byte-level BPE tokenizer."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import torch
 
@@ -84,3 +86,20 @@ def tiny_llama(vocab_size: int, layers: int = 4, seed: int = 0):
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def prepare_unlearning(root: Path, forget: list[str], retain: list[str]) -> Path:
+    """`sift prepare unlearning` on texts written as JSONL under root; returns the prepared directory."""
+    from typer.testing import CliRunner
+
+    from sift_cli.cli import app
+
+    args = ["prepare", "unlearning"]
+    for role, texts in (("forget", forget), ("retain", retain)):
+        path = root / f"{role}.jsonl"
+        path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        args += [f"--{role}", str(path)]
+    args += ["-o", str(root / "prepared")]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "prepared"

@@ -3,7 +3,6 @@ global batch, an exact resume after a rank is killed, and bad launches refused o
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import prepare_unlearning
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -32,13 +32,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("distributed-data")
-    forget, retain = root / "forget.jsonl", root / "retain.jsonl"
-    forget.write_text("".join(json.dumps({"text": t}) + "\n" for t in FORGET))
-    retain.write_text("".join(json.dumps({"text": t}) + "\n" for t in RETAIN))
-    result = runner.invoke(app, ["prepare", "unlearning", "--forget", str(forget), "--retain", str(retain), "-o", str(root / "prepared")])
-    assert result.exit_code == 0, result.output
-    return root / "prepared"
+    return prepare_unlearning(tmp_path_factory.mktemp("distributed-data"), FORGET, RETAIN)
 
 
 def train_args(model_dir: Path, data_dir: Path, output: Path, batch: int, *extra: str) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import prepare_unlearning
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -30,13 +31,7 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("unlearning-data")
-    forget, retain = root / "forget.jsonl", root / "retain.jsonl"
-    forget.write_text("".join(json.dumps({"text": t}) + "\n" for t in FORGET))
-    retain.write_text("".join(json.dumps({"text": t}) + "\n" for t in RETAIN))
-    result = invoke("prepare", "unlearning", "--forget", str(forget), "--retain", str(retain), "-o", str(root / "prepared"))
-    assert result.exit_code == 0, result.output
-    return root / "prepared"
+    return prepare_unlearning(tmp_path_factory.mktemp("unlearning-data"), FORGET, RETAIN)
 
 
 def train_args(model_dir: Path, data_dir: Path, output: Path, *extra: str) -> list[str]:
