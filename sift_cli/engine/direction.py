@@ -268,5 +268,5 @@ def top_k_tracked(
     top = found.top if wide else TopK(found.top.v, found.top.s, found.top.u)
     if subspace == "randomized" or found.warm is None:
         return TrackedTopK(top, None, found.error, found.fallback, found.iterations)
-    keep = WarmStart(found.warm.left.to(CACHE_DTYPE), found.warm.right[:, :width].to(CACHE_DTYPE))
+    keep = WarmStart(found.warm.left.to(CACHE_DTYPE), found.warm.right.to(CACHE_DTYPE))
     return TrackedTopK(top, keep, found.error, found.fallback, found.iterations)

@@ -265,8 +265,9 @@ def subspace_iteration_step(m: Tensor, start: Tensor, keep: int) -> RitzStep:
     # Directions with a zero Ritz value (rank below the width) are rounding noise: scaled to unit length
     # they are still a usable start, never a division by zero.
     scale = s64.clamp_min(s64[:1] * FP32_EPS + torch.finfo(m.dtype).tiny).reciprocal().to(m.dtype)
-    top = TopK(q @ rotation[:, :keep], s64[:keep].to(m.dtype), (z @ rotation[:, :keep]) * scale[:keep])
-    return RitzStep(top, s64.to(m.dtype), start, q, r, z, rotation, scale)
+    s = s64.to(m.dtype)
+    top = TopK(q @ rotation[:, :keep], s[:keep], (z @ rotation[:, :keep]) * scale[:keep])
+    return RitzStep(top, s, start, q, r, z, rotation, scale)
 
 
 def power_step(m: Tensor, start: Tensor, shift: Tensor | None = None) -> Tensor:
