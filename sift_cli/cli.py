@@ -26,6 +26,9 @@ app.add_typer(bench_app, name="bench")
 
 console = Console()
 error_console = Console(stderr=True)
+LOG_WIDTH = 240
+"""Width of output that goes to a file or a pipe: Rich's default there is 80 columns, which cuts table
+headers ("optim…") in a log; a terminal keeps its own width."""
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,6 +53,9 @@ def global_options(
     from sift_cli.output import configure_output
 
     configure_output(verbose)
+    for stream in (console, error_console):
+        if not stream.is_terminal:
+            stream.width = LOG_WIDTH
 
 
 def parse_k(text: str) -> Optional[int]:
@@ -184,14 +190,16 @@ def compare(
     config: Optional[Path] = typer.Option(None, "--config", help="your own base YAML spec"),
     assignments: List[str] = typer.Option([], "--set", help="any base spec field: --set train.batch_size=8"),
     methods: List[str] = typer.Option([], "--method", help="METHOD=LR[,LR...]; repeatable (sift, muon, adamw, blur, muon+pome); default: the app's grid"),
-    seeds: str = typer.Option("0", help="comma-separated training seeds"),
+    axes: List[str] = typer.Option([], "--axis", help="METHOD:KEY=V[,V...]; repeatable: a method's own knob crossed with its lrs, e.g. muon:optim.lam=1,10,100"),
+    seeds: str = typer.Option("0", help="comma-separated selection seeds: every configuration is trained on each"),
+    report_seeds: Optional[str] = typer.Option(None, "--report-seeds", help="comma-separated seeds, disjoint from --seeds, the chosen configurations are reported on (default: the selection seeds)"),
     steps: Optional[int] = typer.Option(None, help="optimizer steps per run (default: the base spec's)"),
     tasks: Optional[str] = typer.Option(None, help="comma-separated local MCQ files (or cloze:FILE), split into validation and test"),
     tolerance: float = typer.Option(0.10, help="a learning rate qualifies while the validation utility's perplexity (e.g. retain text's) is within this share of the base model's"),
     reference: str = typer.Option("muon", help="the method every other is tested against"),
     output: Path = typer.Option(..., "--output", "-o", help="the comparison directory (new, or an interrupted comparison to continue)"),
 ) -> None:
-    """Compare methods on one task: choose each method's lr on validation, report test metrics with intervals."""
+    """Compare methods on one task: choose each method's configuration on validation, report test metrics over seeds with intervals and exact tests."""
     from pydantic import ValidationError
 
     from sift_cli.apps import get_app
@@ -202,7 +210,10 @@ def compare(
     base = resolve_spec(app=app_name, preset=preset, config=config, assignments=assignments)
     grid = dict(parse_method(text) for text in methods) or getattr(get_app(base.app), "COMPARE_GRID", {})
     try:
-        options = CompareOptions(grid=grid, seeds=parse_ints(seeds, "--seeds"), steps=steps, utility_tolerance=tolerance, reference=reference)
+        options = CompareOptions(
+            grid=grid, axes=parse_axes(axes), seeds=parse_ints(seeds, "--seeds"), steps=steps, utility_tolerance=tolerance, reference=reference,
+            report_seeds=None if report_seeds is None else parse_ints(report_seeds, "--report-seeds"),
+        )
     except ValidationError as exc:
         raise SiftError(describe_validation_error(exc)) from None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
@@ -219,6 +230,27 @@ def parse_method(text: str) -> tuple[str, list[float]]:
     if not name or not values:
         raise SiftError(f"--method {text!r} is not METHOD=LR[,LR...] (e.g. --method sift=2e-2,5e-2)")
     return name.strip(), values
+
+
+def parse_axes(texts: List[str]) -> dict[str, dict[str, list[Any]]]:
+    """`muon:optim.lam=1,10` -> {"muon": {"optim.lam": [1, 10]}}; values are read as YAML scalars."""
+    import yaml
+
+    axes: dict[str, dict[str, list[Any]]] = {}
+    for text in texts:
+        method, _, assignment = text.partition(":")
+        key, _, values = assignment.partition("=")
+        parts = [part.strip() for part in values.split(",") if part.strip()]
+        if not method or not key.strip() or not parts:
+            raise SiftError(f"--axis {text!r} is not METHOD:KEY=V[,V...] (e.g. --axis muon:optim.lam=1,10,100)")
+        try:
+            parsed = [yaml.safe_load(part) for part in parts]
+        except yaml.YAMLError:
+            raise SiftError(f"--axis {text!r}: a value is not a number or word") from None
+        if key.strip() in axes.setdefault(method.strip(), {}):
+            raise SiftError(f"--axis {method}:{key} is given twice; list all its values in one --axis")
+        axes[method.strip()][key.strip()] = parsed
+    return axes
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
@@ -310,13 +342,21 @@ def bench_engine(
 @bench_app.command("toy")
 @user_errors
 def bench_toy(
-    steps: int = typer.Option(200, help="optimizer steps per method"),
-    seed: int = typer.Option(0, help="random seed"),
+    problem: List[str] = typer.Option(["toy", "disjoint"], help="opposed, toy and/or disjoint: how many input dims f and g share (all, half, none)"),
+    seeds: int = typer.Option(8, help="seeds (each a new problem and batch order); half choose configurations, half report them"),
+    steps: int = typer.Option(100, help="optimizer steps per run; every run is also read at 1/4 and 1/2 of them"),
 ) -> None:
-    """A two-task MLP with conflicting objectives: final (f, g) of SIFT, Muon, AdamW and BLUR."""
-    from sift_cli.bench.engine import run_toy_comparison
+    """SIFT's and Muon's trade-off fronts over seeds on small constrained MLPs: f needed at fixed g levels, paired exact tests."""
+    from sift_cli.bench.toy import PROBLEMS, run_front_bench
 
-    run_toy_comparison(steps=steps, seed=seed, console=console)
+    unknown = [name for name in problem if name not in PROBLEMS]
+    if unknown:
+        raise SiftError(f"--problem {unknown[0]!r}: expected one of {', '.join(PROBLEMS)}")
+    if seeds < 4:
+        raise SiftError(f"--seeds {seeds}: at least 4 (half choose, half report, and each half needs two for a test)")
+    if steps < 4:
+        raise SiftError(f"--steps {steps} must be at least 4")
+    run_front_bench(problems=problem, seeds=seeds, steps=steps, console=console)
 
 
 @bench_app.command("train")

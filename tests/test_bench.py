@@ -7,15 +7,35 @@ import torch
 from helpers import tiny_llama, tiny_tokenizer
 from rich.console import Console
 
-from sift_cli.bench.engine import run_engine_bench, run_toy_comparison
+from sift_cli.bench.engine import run_engine_bench
+from sift_cli.bench.toy import Config, SeedRuns, area, best_f, chosen_on, log_ratio_test
 
 
-def test_run_toy_comparison_small():
-    rows = run_toy_comparison(steps=4, lrs=(1e-2,), console=Console(quiet=True))
-    assert [r["method"] for r in rows] == ["sift", "muon", "adamw", "blur"]
-    for row in rows:
-        assert math.isfinite(row["final_f"]) and math.isfinite(row["final_g"]) and row["best_lr"] == 1e-2
-    assert rows[0]["sift_blocks_per_step"] >= 0 and rows[1]["sift_blocks_per_step"] == 0
+def test_front_readings_on_known_points():
+    """Best f at a g level, the dominated area and the choice on selection seeds, on points written by
+    hand (the area worked out in the comment)."""
+    a, b = Config("sift", 0.01, "eps", -0.1), Config("muon", 0.01, "lam", 2.0)
+    runs = SeedRuns(g_start=2.0, points={(a, 10): (0.2, 0.5), (a, 20): (1.0, 0.1), (b, 10): (0.4, 0.3)})
+    assert best_f(runs, "sift", 0.5) == 0.2 and best_f(runs, "sift", 0.2) == 1.0 and best_f(runs, "muon", 0.2) == math.inf
+    # sift in (f / g_start, g): (0.1, 0.5) and (0.5, 0.1); dominated up to (1, 1): 0.9*0.5 + 0.5*0.4 = 0.65
+    assert area(runs, "sift") == pytest.approx(0.65)
+    assert chosen_on([runs, runs], "sift", 0.2) == (a, 20) and chosen_on([runs], "muon", 0.2) is None
+    test = log_ratio_test([1.0, 2.0, 4.0, math.inf], [2.0, 2.0, 2.0, 1.0])
+    assert test["seeds"] == 3 and test["ratio"] == pytest.approx(1.0) and test["lower"] == 1 and test["p"] >= test["floor"] == 0.25
+
+
+def test_bench_toy_prints_fronts_with_whole_headers(tmp_path):
+    """Off a terminal (a log, CI) the table keeps its headers whole; every p is at least its floor."""
+    from typer.testing import CliRunner
+
+    from sift_cli.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "toy", "--problem", "disjoint", "--seeds", "4", "--steps", "4"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "front: f SIFT/Muon" in result.output and "chosen: f SIFT/Muon" in result.output and "…" not in result.output
+    assert "SIFT's gate open on eps -0.1" in " ".join(result.output.split())
+    bad = CliRunner().invoke(app, ["bench", "toy", "--seeds", "2"])
+    assert bad.exit_code == 2 and "at least 4" in bad.output
 
 
 def test_engine_bench_along_a_drifting_stream():

@@ -9,8 +9,9 @@ An app module exposes, at module level:
 - for `sift compare`: `COMPARE_METRICS` (its per-example metrics, which one is the utility and which
   the constraint, and their directions), `COMPARE_GRID` (default learning rates per method around its
   CPU preset), `compare_examples(spec, data) -> {group: rows}` (the held-out examples, which compare
-  splits into validation and test) and `compare_scores(model, tokenizer, spec, groups, batch_size)
-  -> {metric: per-example scores}`.
+  splits into validation and test), `compare_scores(model, tokenizer, spec, groups, batch_size)
+  -> {metric: (rows scored, their scores)}` and optionally `compare_cluster(row) -> str` (rows that are
+  not independent, e.g. responses to one passage, share a cluster: they are split and resampled together).
 `prepare` functions are app-specific (their sources differ) and are called by the CLI.
 """
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 Batch = dict[str, torch.Tensor]
 BaseModelT = TypeVar("BaseModelT", bound=BaseModel)
 Loss = Callable[[nn.Module, Batch], torch.Tensor]
+ScoredRows = tuple[list[Any], list[float]]
+"""The held-out rows a metric scored and their per-row scores, aligned (a metric may skip rows it has
+nothing to score on, e.g. a response without a hallucinated token)."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,9 @@ class Objectives:
 class Metric:
     """One per-example score a comparison reports.
 
-    `binary` scores are 1.0/0.0 outcomes (answered right, refused), so paired tests between single
-    runs use McNemar's exact test on them; the others (per-example NLLs) use a paired bootstrap."""
+    `binary` scores are 1.0/0.0 outcomes (answered right, refused): a single run's rate gets a
+    Clopper-Pearson interval and a paired difference Newcombe's; the others (per-example NLLs) a cluster
+    bootstrap."""
 
     name: str
     label: str
@@ -90,7 +95,9 @@ class CompareMetrics:
 
     The utility is a per-token NLL (lower is better), because the rule's tolerance is a perplexity
     ratio: a rate qualifies while exp(utility) stays within (1 + tolerance) of the base model's.
-    `extra` metrics are reported with intervals and paired tests but take no part in the choice."""
+    `extra` metrics are reported with intervals and paired tests but take no part in the choice.
+    The app's primary comparison, the one test not adjusted for multiplicity, is SIFT against the
+    reference method on the constraint; every other method x metric test is Holm-adjusted."""
 
     utility: Metric
     constraint: Metric
@@ -142,4 +149,4 @@ class App(Protocol):
 
     def compare_scores(
         self, model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int
-    ) -> dict[str, list[float]]: ...
+    ) -> dict[str, ScoredRows]: ...

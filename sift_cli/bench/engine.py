@@ -1,9 +1,7 @@
-"""Benchmarks of the engine: the SIFT direction's error and cost along momentum streams, and a toy constrained problem."""
+"""Benchmark of the engine: the SIFT direction's error and cost along momentum streams."""
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,12 +10,11 @@ from typing import Any
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import Tensor, nn
+from torch import Tensor
 
 from sift_cli.bench.streams import NesterovMomenta, drifting_stream, training_streams
 from sift_cli.engine import (
     OptimizerConfig,
-    SiftOptimizer,
     msign,
     sift_direction,
     sift_direction_reference,
@@ -214,104 +211,3 @@ def _print_engine_table(rows: list[dict], cfg: OptimizerConfig, console: Console
             f"{row['released-code_x_muon']:.2f}",
         )
     console.print(table)
-
-
-class _ToyProblem:
-    """An unlearning-shaped toy: a pretrained MLP must keep its outputs on retain inputs (f) while
-    mapping forget inputs to a fixed control vector (g). Retain inputs live on dims 0..23 and forget
-    inputs on dims 8..31, so the shared dims 8..23 make f and g pull the same weights apart; the
-    disjoint dims make a joint solution reachable."""
-
-    d_in, hidden, d_out, n_samples, batch = 32, 64, 16, 512, 64
-
-    def __init__(self, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.teacher = nn.Sequential(
-                nn.Linear(self.d_in, self.hidden),
-                nn.Tanh(),
-                nn.Linear(self.hidden, self.hidden),
-                nn.Tanh(),
-                nn.Linear(self.hidden, self.d_out),
-            )
-        self.teacher.requires_grad_(False)
-        self.x_retain = self._inputs(gen, 0, 24)
-        self.x_forget = self._inputs(gen, 8, 32)
-        self.y_retain = self.teacher(self.x_retain)
-        control = torch.randn(self.d_out, generator=gen)
-        self.y_forget = 2.0 * control / control.norm()
-        self.batches = torch.randint(0, self.n_samples, (10_000, 2, self.batch), generator=gen)
-
-    def _inputs(self, gen: torch.Generator, lo: int, hi: int) -> Tensor:
-        x = torch.zeros(self.n_samples, self.d_in)
-        x[:, lo:hi] = torch.randn(self.n_samples, hi - lo, generator=gen)
-        return x
-
-    def losses(self, model: nn.Module, step: int | None = None) -> tuple[Tensor, Tensor]:
-        """(f, g) on a minibatch of `step`'s index stream, or on all samples when step is None."""
-        if step is None:
-            x_r, y_r, x_f = self.x_retain, self.y_retain, self.x_forget
-        else:
-            i_r, i_f = self.batches[step % len(self.batches)]
-            x_r, y_r, x_f = self.x_retain[i_r], self.y_retain[i_r], self.x_forget[i_f]
-        f = nn.functional.mse_loss(model(x_r), y_r)
-        g = nn.functional.mse_loss(model(x_f), self.y_forget.expand(len(x_f), -1))
-        return f, g
-
-
-def _train_toy(problem: _ToyProblem, cfg: OptimizerConfig, steps: int) -> dict:
-    model = copy.deepcopy(problem.teacher).requires_grad_(True)
-    opt = SiftOptimizer(list(model.named_parameters()), cfg)
-    sift_blocks = 0
-    for step in range(steps):
-        f, g = problem.losses(model, step)
-        f.backward()
-        opt.capture("f")
-        g.backward()
-        opt.capture("g")
-        sift_blocks += opt.step().n_sift
-    with torch.no_grad():
-        f, g = problem.losses(model)
-    return {"final_f": float(f), "final_g": float(g), "sift_blocks_per_step": sift_blocks / max(steps, 1)}
-
-
-def _toy_objective(row: dict) -> float:
-    total = row["final_f"] + row["final_g"]
-    return total if math.isfinite(total) else math.inf
-
-
-def run_toy_comparison(
-    steps: int = 300,
-    seed: int = 0,
-    lrs: Sequence[float] = (3e-3, 1e-2, 3e-2, 1e-1),
-    k: int | None = None,
-    console: Console | None = None,
-) -> list[dict]:
-    """SIFT, Muon, AdamW and BLUR on the toy problem at equal steps, each at its best lr from `lrs`.
-
-    "Best" minimizes the final f + g (the objective the scalarized baselines optimize) on all samples.
-    Returns one row per method: final f, final g, best lr, and for SIFT how many of the 3 hidden
-    matrices took the SIFT branch per step on average."""
-    problem = _ToyProblem(seed)
-    rows = []
-    for method in ("sift", "muon", "adamw", "blur"):
-        runs = []
-        for lr in lrs:
-            result = _train_toy(problem, OptimizerConfig(method=method, lr=lr, k=k), steps)
-            runs.append({"method": method, "best_lr": lr, **result})
-        rows.append(min(runs, key=_toy_objective))
-    table = Table(title=f"toy constrained problem, {steps} steps, seed {seed}")
-    for column in ("method", "best lr", "final f (retain)", "final g (forget)", "f + g", "SIFT blocks/step"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for row in rows:
-        table.add_row(
-            row["method"],
-            f"{row['best_lr']:g}",
-            f"{row['final_f']:.4f}",
-            f"{row['final_g']:.4f}",
-            f"{row['final_f'] + row['final_g']:.4f}",
-            f"{row['sift_blocks_per_step']:.2f}",
-        )
-    (console or Console()).print(table)
-    return rows

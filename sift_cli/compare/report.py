@@ -1,9 +1,12 @@
-"""What a comparison shows: chosen runs on test with intervals, paired tests against the reference method,
-the Pareto picture and the training curves, as a Rich table, CSV and PNG."""
+"""What a comparison shows: each chosen configuration on test over its report seeds with intervals, paired
+differences against the reference method with exact tests over seeds (Holm-adjusted but for the app's
+primary comparison), a non-inferiority test of utility, the Pareto picture and the training curves, as a
+Rich table, CSV and PNG."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +16,36 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from sift_cli.apps.base import CompareMetrics
-from sift_cli.compare.select import Choice
-from sift_cli.compare.stats import (
-    RESAMPLES,
-    Interval,
-    PairedDifference,
-    bootstrap_interval,
-    mcnemar_exact,
-    paired_bootstrap,
-)
+from sift_cli.compare.select import Choice, SeedScores
+from sift_cli.compare.stats import ALPHA, RESAMPLES, Interval, PairedDifference, Sample, holm, mean_interval, noninferiority, paired_difference
 from sift_cli.localize import save_figure, write_csv
 
-Scores = list[dict[str, dict[str, list[float]]]]
-"""One dict per seed: {split: {metric: per-example scores}}."""
-
-def stacked(scores: Scores, split: str, metric: str) -> np.ndarray:
-    """(seeds, examples) scores of one metric."""
-    return np.array([seed[split][metric] for seed in scores], dtype=np.float64)
+NLL_NOTE = (
+    "NLL: mean over examples of each example's mean NLL per token, in nats (per-text means; `sift evaluate`'s "
+    "perplexity weights texts by their tokens)"
+)
 
 
-def test_intervals(scores: Scores) -> dict[str, Interval]:
-    return {metric: bootstrap_interval(stacked(scores, "test", metric)) for metric in scores[0]["test"]}
+@dataclass(frozen=True)
+class Tests:
+    """Every paired difference against the reference, by method and metric, and the utility
+    non-inferiority p of each method (None with one seed)."""
+
+    differences: dict[str, dict[str, PairedDifference]]
+    noninferior: dict[str, float | None]
+    noninferior_adjusted: dict[str, float | None]
+    primary: tuple[str, str] | None
+    margin: float
+
+
+def sample(scores: SeedScores, split: str, metric: str, binary: bool) -> Sample:
+    """(seeds, examples) scores of one metric with the examples' clusters; every seed must hold the
+    same examples in the same order (they are scored on one split)."""
+    first = scores[0][split][metric]
+    for seed in scores[1:]:
+        if seed[split][metric]["id"] != first["id"]:
+            raise ValueError(f"the seeds of one configuration scored different {metric} examples")
+    return Sample(np.array([seed[split][metric]["score"] for seed in scores]), np.array(first["cluster"]), binary)
 
 
 def is_binary(metric: str, metrics: CompareMetrics) -> bool:
@@ -41,46 +53,89 @@ def is_binary(metric: str, metrics: CompareMetrics) -> bool:
     return metric.startswith("acc:") or any(m.binary for m in metrics.metrics if m.name == metric)
 
 
-def paired_test(ours: Scores, reference: Scores, metric: str, binary: bool) -> PairedDifference:
-    """McNemar on 1/0 outcomes (right/wrong, refused or not) of single runs; a paired bootstrap otherwise."""
-    a, b = stacked(ours, "test", metric), stacked(reference, "test", metric)
-    if binary and a.shape[0] == b.shape[0] == 1:
-        return mcnemar_exact(a[0].astype(bool), b[0].astype(bool))
-    return paired_bootstrap(a, b)
+def intervals(scores: SeedScores, metrics: CompareMetrics) -> dict[str, Interval]:
+    return {metric: mean_interval(sample(scores, "test", metric, is_binary(metric, metrics))) for metric in scores[0]["test"]}
 
 
-def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dict[str, Choice],
-                  tests: dict[str, dict[str, PairedDifference]], metrics: CompareMetrics) -> Table:  # fmt: skip
+def paired_tests(chosen: dict[str, SeedScores], reference: str, metrics: CompareMetrics, tolerance: float, resamples: int = RESAMPLES) -> Tests:
+    """Each method against the reference on every metric, paired by seed and example id.
+
+    The primary comparison (SIFT against the reference on the constraint) keeps its raw p; every other
+    difference and every utility non-inferiority test (margin: the tolerance, log(1 + tolerance) nats)
+    is one family, Holm-adjusted."""
+    reference_scores = chosen[reference]
+    differences: dict[str, dict[str, PairedDifference]] = {}
+    for method, scores in chosen.items():
+        if method == reference:
+            continue
+        differences[method] = {}
+        for metric in scores[0]["test"]:
+            binary = is_binary(metric, metrics)
+            ours, theirs = sample(scores, "test", metric, binary), sample(reference_scores, "test", metric, binary)
+            if scores[0]["test"][metric]["id"] != reference_scores[0]["test"][metric]["id"]:
+                raise ValueError(f"{method} and {reference} were scored on different {metric} examples")
+            differences[method][metric] = paired_difference(ours, theirs, resamples=resamples)
+    margin = math.log1p(tolerance)
+    utility = metrics.utility.name
+    noninferior = {
+        method: noninferiority(sample(chosen[method], "test", utility, False), sample(reference_scores, "test", utility, False), margin)
+        for method in differences
+    }
+    primary = ("sift", metrics.constraint.name) if "sift" in differences else None
+    family = [(method, metric) for method, found in differences.items() for metric in found if (method, metric) != primary]
+    adjusted = holm([differences[m][k].p_value for m, k in family] + list(noninferior.values()))
+    for (method, metric), p in zip(family, adjusted):
+        differences[method][metric] = replace(differences[method][metric], p_adjusted=p)
+    if primary is not None:
+        differences["sift"][primary[1]] = replace(differences["sift"][primary[1]], p_adjusted=differences["sift"][primary[1]].p_value)
+    noninferior_adjusted = dict(zip(noninferior, adjusted[len(family) :]))
+    return Tests(differences, noninferior, noninferior_adjusted, primary, margin)
+
+
+def results_table(title: str, rows: dict[str, dict[str, Interval]], choices: dict[str, Choice], tests: Tests, metrics: CompareMetrics) -> Table:
     """Mean and 95% interval per chosen configuration and metric, and its paired difference to the
-    reference method (marked * only when the test and the interval both say it differs). Columns: the
-    app's metrics in declared order (utility, constraint, the rest), then MCQ accuracies, each headed with
-    its test sample size; 1/0 outcomes show as percentages."""
+    reference (with its interval, relative size and adjusted p; * only when the adjusted p and the
+    interval both say it differs). Columns: the app's metrics in declared order, then MCQ accuracies,
+    each headed with its test sample size and clusters; 1/0 outcomes show as percentages."""
     first = next(iter(rows.values()))
     declared = [m.name for m in metrics.metrics if m.name in first]
     names = declared + [name for name in first if name not in declared]
     table = Table(title=title, title_justify="left", caption_justify="left")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for metric in names:
-        table.add_column(f"{column_label(metric, metrics)}\nn={first[metric].n}", justify="right")
-    for name, intervals in rows.items():
+        size = first[metric]
+        clusters = "" if size.clusters == size.n else f" ({size.clusters} clusters)"
+        table.add_column(f"{column_label(metric, metrics)}\nn={size.n}{clusters}", justify="right")
+    for name, found in rows.items():
         choice = choices.get(name)
-        label = name if choice is None else f"{name}\nlr {choice.lr:g}" + ("" if choice.qualified else " (!)")
-        cells = []
-        for metric in names:
-            interval, test = intervals[metric], tests.get(name, {}).get(metric)
-            if is_binary(metric, metrics):
-                cell = f"{interval.mean:.0%}\n[{interval.low:.0%}, {interval.high:.0%}]"
-                change = f"{100 * test.difference:+.0f} pts" if test is not None else ""
-            else:
-                cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
-                change = f"{test.difference:+.2g}" if test is not None else ""
-            if test is not None:
-                # a bootstrap p of 0 means no resample crossed zero: below its resolution, not zero
-                p_text = f"p<{2 / RESAMPLES:.0g}" if test.p_value == 0.0 else f"p={test.p_value:.2g}"
-                cell += f"\nΔ {change} {p_text}{' *' if test.significant else ''}"
-            cells.append(cell)
-        table.add_row(label, *cells)
+        label = name if choice is None else f"{name}\n{choice.config.label}" + ("" if choice.qualified else " (!)")
+        if choice is not None and choice.edges:
+            label += f"\nedge: {', '.join(choice.edges)}"
+        if name in tests.noninferior and tests.noninferior_adjusted[name] is not None:
+            keeps = tests.noninferior_adjusted[name] < ALPHA
+            label += f"\nutility non-inferior: {'yes' if keeps else 'not shown'} (p={_p(tests.noninferior_adjusted[name])})"
+        table.add_row(label, *[_cell(found[metric], tests.differences.get(name, {}).get(metric), is_binary(metric, metrics)) for metric in names])
     return table
+
+
+def _cell(interval: Interval, test: PairedDifference | None, binary: bool) -> str:
+    if binary:
+        cell = f"{interval.mean:.0%}\n[{interval.low:.0%}, {interval.high:.0%}]"
+    else:
+        cell = f"{interval.mean:.3g}\n[{interval.low:.3g}, {interval.high:.3g}]"
+    if test is None:
+        return cell
+    if binary:
+        change = f"{100 * test.difference:+.0f} pts [{100 * test.low:+.0f}, {100 * test.high:+.0f}]"
+    else:
+        change = f"{test.difference:+.2g} [{test.low:+.2g}, {test.high:+.2g}]"
+    relative = f" ({test.relative:+.0%})" if test.relative is not None and not binary else ""
+    p_text = "no test" if test.p_adjusted is None else f"p={_p(test.p_adjusted)}{' *' if test.significant else ''}"
+    return f"{cell}\nΔ {change}{relative}\n{p_text}"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}"
 
 
 def column_label(metric: str, metrics: CompareMetrics) -> str:
@@ -92,19 +147,35 @@ def column_label(metric: str, metrics: CompareMetrics) -> str:
     return metric if declared is None else f"{declared.label} {declared.arrow}"
 
 
+def test_caption(tests: Tests, report_seeds: int, reference: str) -> str:
+    """What the Δ lines mean, including what this number of seeds can and cannot show."""
+    if report_seeds < 2:
+        return (f"Δ vs {reference} on the same test examples; one report seed: the numbers are conditional on one "
+                "training run per method, so no difference is tested or marked")  # fmt: skip
+    floor = 2.0 / 2.0**report_seeds
+    primary = f"primary: {tests.primary[0]} on {tests.primary[1]}, unadjusted; " if tests.primary else ""
+    return (
+        f"Δ vs {reference} over {report_seeds} paired seeds: exact sign-flip test over seeds (smallest possible p "
+        f"{floor:.2g}{', so nothing can be marked' if floor >= ALPHA else ''}); {primary}all other tests Holm-adjusted; "
+        f"* adjusted p < 0.05 and interval excludes 0; utility non-inferior: {reference}'s + log(1 + tolerance) = "
+        f"{tests.margin:.3g} nats, one-sided exact test"
+    )
+
+
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rows of dicts as a CSV, through localize's atomic writer."""
     write_csv(pd.DataFrame(rows), path)
 
 
-def results_rows(rows: dict[str, dict[str, Interval]], tests: dict[str, dict[str, PairedDifference]]) -> list[dict[str, Any]]:
+def results_rows(rows: dict[str, dict[str, Interval]], choices: dict[str, Choice], tests: Tests) -> list[dict[str, Any]]:
     out = []
-    for name, intervals in rows.items():
-        for metric, interval in intervals.items():
-            test = tests.get(name, {}).get(metric)
-            out.append({"model": name, "metric": metric, **asdict(interval),
-                        "difference": test.difference if test else "", "p_value": test.p_value if test else "",
-                        "test": test.test if test else "", "significant": test.significant if test else ""})  # fmt: skip
+    for name, found in rows.items():
+        choice = choices.get(name)
+        for metric, interval in found.items():
+            test = tests.differences.get(name, {}).get(metric)
+            difference = {} if test is None else {f"diff_{key}": value for key, value in asdict(test).items()}
+            out.append({"model": name, "config": choice.config.label if choice else "", "metric": metric,
+                        **asdict(interval), **difference, "significant": test.significant if test else ""})  # fmt: skip
     return out
 
 
@@ -124,13 +195,13 @@ def pareto(path: Path, points: list[dict[str, Any]], metrics: CompareMetrics) ->
                       markersize=12 if point["chosen"] else 6, markeredgecolor="black" if point["chosen"] else colors[point["method"]],
                       capsize=2, alpha=0.9)  # fmt: skip
         if point["method"] != "base":
-            axes.annotate(f"{point['lr']:g}", (point["utility"], point["constraint"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            axes.annotate(point["config"], (point["utility"], point["constraint"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     for method in methods:
         axes.plot([], [], "o", color=colors[method], label=method)
     better = {True: "higher is better", False: "lower is better"}
     axes.set_xlabel(f"{metrics.utility.label}, validation (utility: {better[metrics.utility.higher_is_better]})")
     axes.set_ylabel(f"{metrics.constraint.label}, validation (constraint: {better[metrics.constraint.higher_is_better]})")
-    axes.set_title("each configuration (lr labelled), chosen ones ringed")
+    axes.set_title("each configuration on its selection seeds, chosen ones ringed")
     axes.legend(fontsize=8)
     figure.tight_layout()
     save_figure(figure, path.with_suffix(".png"))
@@ -138,7 +209,7 @@ def pareto(path: Path, points: list[dict[str, Any]], metrics: CompareMetrics) ->
 
 
 def curves(path: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> list[Path]:
-    """loss_f and loss_g per step of each chosen configuration (mean over its seeds); PNG and CSV."""
+    """loss_f and loss_g per step of each chosen configuration (mean over its report seeds); PNG and CSV."""
     rows = [{"method": method, "step": int(step), "loss_f": float(f), "loss_g": float(g)}
             for method, curve in curves_by_method.items() for step, f, g in zip(curve["step"], curve["loss_f"], curve["loss_g"])]  # fmt: skip
     write_rows(path.with_suffix(".csv"), rows)

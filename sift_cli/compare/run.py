@@ -1,10 +1,12 @@
-"""`sift compare`: train the grid, score every run per example, choose on validation, report on test.
+"""`sift compare`: train the grid on selection seeds, score every run per example, choose each method's
+configuration on validation, train the chosen ones on report seeds, report on test.
 
-The comparison directory holds `compare.yaml` (the base spec and the comparison's options: running the
-same command again continues an interrupted comparison, a different one is refused), `runs/` (ordinary
-run directories), `scores/` (per-example scores of the base model and of every run), `tasks/` (the
-validation and test halves of the MCQ files), and the report: `compare.json`, `results.csv`,
-`pareto.png/.csv`, `curves.png/.csv`.
+The comparison directory holds `compare.yaml` (the base spec, the comparison's options and the hashes of
+the prepared data and MCQ files: running the same command again continues an interrupted comparison, a
+different command or changed data is refused), `runs/` (ordinary run directories), `scores/` (per-example
+scores with example ids and clusters, of the base model and of every run), `tasks/` (the validation and
+test halves of the MCQ files), and the report: `compare.json`, `results.csv`, `pareto.png/.csv`,
+`curves.png/.csv`.
 """
 
 from __future__ import annotations
@@ -18,25 +20,28 @@ from rich.console import Console
 
 from sift_cli.apps import get_app
 from sift_cli.apps.base import CompareMetrics
-from sift_cli.compare.grid import POME, Cell, CompareOptions, cell_spec, cells
+from sift_cli.compare.grid import POME, Cell, CompareOptions, Config, cell_spec, grid_sizes, on_edge, report_cells, selection_cells
 from sift_cli.compare.report import (
+    NLL_NOTE,
     curves,
-    is_binary,
-    paired_test,
+    intervals,
+    paired_tests,
     pareto,
     results_rows,
     results_table,
-    stacked,
-    test_intervals,
+    sample,
+    test_caption,
     write_rows,
 )
-from sift_cli.compare.scores import build_examples, cached_scores, score_model
-from sift_cli.compare.select import Choice, choose, rule_text
-from sift_cli.compare.stats import bootstrap_interval
+from sift_cli.compare.scores import Scored, build_examples, cached_scores, examples_digest, score_model
+from sift_cli.compare.select import Choice, SeedScores, choose, rule_text
+from sift_cli.compare.stats import mean_interval
 from sift_cli.errors import SiftError
+from sift_cli.evaluation.lmeval import CLOZE
 from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json, write_text
+from sift_cli.store.prepared import file_sha256, load_prepared
 from sift_cli.store.rundir import RunDir
 
 RECORD = "compare.yaml"
@@ -47,11 +52,25 @@ def claim(output: Path, record: str) -> None:
     marker = output / RECORD
     if marker.is_file():
         if marker.read_text(encoding="utf-8") != record:
-            raise SiftError(f"{output} holds a different comparison ({RECORD} differs); pass a new --output")
+            raise SiftError(f"{output} holds a different comparison ({RECORD} differs: another command, or the data changed); pass a new --output")
         return
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise SiftError(f"--output {output} exists and is not a comparison directory; pass a new --output")
     write_text(marker, record)
+
+
+def input_hashes(base: RunSpec, tasks: list[str]) -> dict[str, Any]:
+    """sha256 of every prepared-data file (from its verified manifest) and of every MCQ file."""
+    data = load_prepared(Path(base.data.path), base.app)
+    hashes: dict[str, Any] = {"prepared": dict(sorted((data.manifest.get("sha256") or {}).items()))}
+    files = {}
+    for task in tasks:
+        path = Path(task.removeprefix(CLOZE))
+        if not path.is_file():
+            raise SiftError(f"--tasks {task}: sift compare splits local MCQ files into validation and test; {path} is not a file")
+        files[task] = file_sha256(path)
+    hashes["tasks"] = files
+    return hashes
 
 
 def run_compare(
@@ -69,18 +88,44 @@ def run_compare(
     if options.reference not in options.grid:
         raise SiftError(f"reference method {options.reference!r} is not in the grid ({', '.join(options.grid)}); add it or pass --reference")
     output = Path(output)
-    claim(output, yaml.safe_dump({"base": base.model_dump(mode="json"), "compare": options.model_dump(mode="json"), "tasks": tasks}, sort_keys=True))
+    for cell in selection_cells(options):
+        cell_spec(base, cell, output / "runs", options.steps)  # every axis value is a valid spec, before anything is written
+    hashes = input_hashes(base, tasks)
+    record = {"base": base.model_dump(mode="json"), "compare": options.model_dump(mode="json"), "tasks": tasks, "inputs": hashes}
+    claim(output, yaml.safe_dump(record, sort_keys=True))
     examples = build_examples(base, tasks, output / "tasks")
-    grid = cells(options)
+    digest = examples_digest(examples)
+    metrics: CompareMetrics = get_app(base.app).COMPARE_METRICS
     with console.status("scoring the base model") as status:
-        base_scores = cached_scores(output / "scores" / "base.json", lambda: _score(base, None, examples, batch_size))
-        scores: dict[Cell, dict[str, dict[str, list[float]]]] = {}
-        for number, cell in enumerate(grid, 1):
-            run_dir = _ensure_run(cell, base, options, output / "runs", status, f"[{number}/{len(grid)}]")
-            spec = cell_spec(base, cell, output / "runs", options.steps)
-            status.update(f"[{number}/{len(grid)}] scoring {cell.name}")
-            scores[cell] = cached_scores(output / "scores" / f"{cell.name}.json", lambda: _score(spec, run_dir, examples, batch_size))
-    return _report(base, options, output, base_scores, scores, console, title, notes)
+        base_scores = cached_scores(output / "scores" / "base.json", digest, lambda: _score(base, None, examples, batch_size))
+        selection = _run_cells(selection_cells(options), base, options, output, examples, digest, batch_size, status)
+        base_utility = float(np.mean(base_scores["validation"][metrics.utility.name]["score"]))
+        choices: dict[str, Choice] = {}
+        for method in options.grid:
+            by_config: dict[Config, SeedScores] = {}
+            for cell, scores in selection.items():
+                if cell.method == method:
+                    by_config.setdefault(cell.config, []).append(scores)
+            choice = choose(by_config, base_utility, options.utility_tolerance, metrics)
+            choices[method] = Choice(choice.config, choice.utility, choice.constraint, choice.qualified, tuple(on_edge(choice.config, options)))
+        reported = _run_cells(report_cells(options, {m: c.config for m, c in choices.items()}), base, options, output, examples, digest, batch_size, status)
+    runs = {**selection, **reported}
+    chosen = {method: [runs[Cell(choice.config, seed)] for seed in options.reported_on] for method, choice in choices.items()}
+    return _report(base, options, output, base_scores, selection, chosen, choices, hashes, console, title, notes)
+
+
+def _run_cells(
+    cells: list[Cell], base: RunSpec, options: CompareOptions, output: Path, examples: Any, digest: str, batch_size: int, status: Any
+) -> dict[Cell, dict[str, dict[str, Scored]]]:
+    """Train (or resume, or POME-edit) and score each cell; finished runs and their scores are reused."""
+    scores = {}
+    for number, cell in enumerate(cells, 1):
+        counter = f"[{number}/{len(cells)}]"
+        run_dir = _ensure_run(cell, base, options, output / "runs", status, counter)
+        spec = cell_spec(base, cell, output / "runs", options.steps)
+        status.update(f"{counter} scoring {cell.name}")
+        scores[cell] = cached_scores(output / "scores" / f"{cell.name}.json", digest, lambda: _score(spec, run_dir, examples, batch_size))
+    return scores
 
 
 def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, status: Any, counter: str) -> Path:
@@ -92,8 +137,11 @@ def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, 
     if cell.method == POME:
         from sift_cli.pome import pome_run
 
-        status.update(f"{counter} POME edit of {Cell('muon', cell.lr, cell.seed).name}")
-        pome_run(runs / Cell("muon", cell.lr, cell.seed).name, run_dir, options.pome_rank_fraction, console=quiet)
+        trained = Cell(cell.config.trained(), cell.seed)
+        if not (runs / trained.name / "model" / "config.json").is_file():
+            _ensure_run(trained, base, options, runs, status, counter)
+        status.update(f"{counter} POME edit of {trained.name}")
+        pome_run(runs / trained.name, run_dir, options.pome_rank_fraction, console=quiet)
         return run_dir
     from sift_cli.train import train
 
@@ -104,7 +152,7 @@ def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, 
     return run_dir
 
 
-def _score(spec: RunSpec, run_dir: Path | None, examples: Any, batch_size: int) -> dict[str, dict[str, list[float]]]:
+def _score(spec: RunSpec, run_dir: Path | None, examples: Any, batch_size: int) -> dict[str, dict[str, Scored]]:
     from sift_cli.evaluation.evaluate import load_for_eval
 
     model, tokenizer = load_for_eval(spec, None if run_dir is None else run_dir / "model")
@@ -112,79 +160,100 @@ def _score(spec: RunSpec, run_dir: Path | None, examples: Any, batch_size: int) 
 
 
 def _report(
-    base: RunSpec, options: CompareOptions, output: Path, base_scores: Any, scores: dict[Cell, Any], console: Console,
-    title: str | None, notes: tuple[str, ...],
+    base: RunSpec, options: CompareOptions, output: Path, base_scores: Any, selection: dict[Cell, Any], chosen: dict[str, SeedScores],
+    choices: dict[str, Choice], hashes: dict[str, Any], console: Console, title: str | None, notes: tuple[str, ...],
 ) -> dict[str, Any]:  # fmt: skip
     metrics: CompareMetrics = get_app(base.app).COMPARE_METRICS
-    by_config: dict[tuple[str, float], list[Any]] = {}
-    for cell, value in scores.items():
-        by_config.setdefault(cell.config, []).append(value)
-    base_utility = float(np.mean(base_scores["validation"][metrics.utility.name]))
-    choices: dict[str, Choice] = {}
-    for method in options.grid:
-        by_lr = {lr: value for (name, lr), value in by_config.items() if name == method}
-        choices[method] = choose(method, by_lr, base_utility, options.utility_tolerance, metrics)
-    chosen = {method: by_config[(method, choice.lr)] for method, choice in choices.items()}
-    rows = {"base": test_intervals([base_scores]), **{method: test_intervals(value) for method, value in chosen.items()}}
-    reference = chosen[options.reference]
-    tests = {
-        method: {metric: paired_test(value, reference, metric, is_binary(metric, metrics)) for metric in value[0]["test"]}
-        for method, value in chosen.items()
-        if method != options.reference
-    }
+    rows = {"base": intervals([base_scores], metrics), **{method: intervals(value, metrics) for method, value in chosen.items()}}
+    try:
+        tests = paired_tests(chosen, options.reference, metrics, options.utility_tolerance)
+    except ValueError as exc:
+        raise SiftError(f"{exc}; delete {output / 'scores'} and run the comparison again") from None
     files = [output / "results.csv"]
-    write_rows(output / "results.csv", results_rows(rows, tests))
-    files += pareto(output / "pareto", _pareto_points(base_scores, by_config, choices, metrics), metrics)
-    files += curves(output / "curves", {method: _mean_curve(output / "runs", method, choices[method].lr, options.seeds) for method in choices})
+    write_rows(output / "results.csv", results_rows(rows, choices, tests))
+    files += pareto(output / "pareto", _pareto_points(base_scores, selection, choices, metrics), metrics)
+    files += curves(output / "curves", {method: _mean_curve(output / "runs", choice.config, options.reported_on) for method, choice in choices.items()})
+    sizes = grid_sizes(options)
+    base_utility = float(np.mean(base_scores["validation"][metrics.utility.name]["score"]))
+    first = rows["base"]
     record = {
         "app": base.app,
         "rule": rule_text(metrics, options.utility_tolerance, base_utility),
         "metrics": {m.name: {"role": role, "higher_is_better": m.higher_is_better, "binary": m.binary}
                     for m, role in zip(metrics.metrics, ("utility", "constraint", *["reported"] * len(metrics.extra)))},  # fmt: skip
-        "choices": {method: vars(choice) for method, choice in choices.items()},
-        "test": {name: {metric: vars(interval) for metric, interval in intervals.items()} for name, intervals in rows.items()},
-        "paired_vs_reference": {method: {metric: {**vars(test), "significant": test.significant} for metric, test in found.items()} for method, found in tests.items()},
+        "choices": {method: {"config": choice.config.name, "lr": choice.config.lr, "settings": dict(choice.config.settings),
+                             "validation_utility": choice.utility, "validation_constraint": choice.constraint,
+                             "qualified": choice.qualified, "on_grid_edge": list(choice.edges)} for method, choice in choices.items()},  # fmt: skip
+        "grid_sizes": sizes,
+        "test": {name: {metric: vars(interval) for metric, interval in found.items()} for name, found in rows.items()},
+        "paired_vs_reference": {method: {metric: {**vars(test), "significant": test.significant} for metric, test in found.items()}
+                                for method, found in tests.differences.items()},  # fmt: skip
+        "utility_noninferiority": {method: {"margin_nats": tests.margin, "p_value": tests.noninferior[method],
+                                            "p_adjusted": tests.noninferior_adjusted[method]} for method in tests.noninferior},  # fmt: skip
+        "primary": None if tests.primary is None else {"method": tests.primary[0], "metric": tests.primary[1]},
+        "multiplicity": "Holm over every test but the primary one",
         "reference": options.reference,
-        "seeds": options.seeds,
+        "selection_seeds": options.seeds,
+        "report_seeds": options.reported_on,
+        "reported_on_selection_seeds": options.report_seeds is None,
+        "clusters": {metric: {"test_examples": interval.n, "test_clusters": interval.clusters} for metric, interval in first.items()},
+        "inputs": hashes,
+        "nll": NLL_NOTE,
     }
     write_json(output / "compare.json", record)
-    seeds = f"{len(options.seeds)} seed{'s' if len(options.seeds) > 1 else ''}"
-    caption = [f"lr chosen on validation, reported on test ({seeds}); 95% intervals; Δ vs {options.reference} on the "
-               "same test examples, * significant; NLL in nats per token (perplexity = exp NLL)"]  # fmt: skip
+    caption = [_seeds_text(options), test_caption(tests, len(options.reported_on), options.reference), NLL_NOTE]
+    if len(set(sizes.values())) > 1:
+        caption.append(f"unequal grids ({', '.join(f'{m} {n}' for m, n in sizes.items())} configurations): a larger grid is favoured by choosing")
+    edged = {method: choice.edges for method, choice in choices.items() if choice.edges}
+    if edged:
+        caption.append("edge: the chosen configuration is at the end of its grid along these axes; its front may go on, extend the grid")
     unqualified = [method for method, choice in choices.items() if not choice.qualified]
     if unqualified:
         caption.append(
-            f"(!) no lr of {', '.join(unqualified)} kept its validation {metrics.utility.label} within "
+            f"(!) no configuration of {', '.join(unqualified)} kept its validation {metrics.utility.label} within "
             f"{options.utility_tolerance:.0%} of base in perplexity"
         )
     table = results_table(title or f"{base.app}: {', '.join(options.grid)}", rows, choices, tests, metrics)
     table.caption = "\n".join([*caption, *notes])
     console.print(table)
-    summary(console, f"compared {len(scores)} runs ({', '.join(p.name for p in files)}, compare.json)", output)
+    total = len(selection) + (len(options.reported_on) * len(choices) if options.report_seeds is not None else 0)
+    summary(console, f"compared {total} runs ({', '.join(p.name for p in files)}, compare.json)", output)
     return record
 
 
-def _pareto_points(
-    base_scores: Any, by_config: dict[tuple[str, float], list[Any]], choices: dict[str, Choice], metrics: CompareMetrics
-) -> list[dict[str, Any]]:
-    points = [_point("base", 0.0, [base_scores], True, metrics)]
-    for (method, lr), value in sorted(by_config.items()):
-        points.append(_point(method, lr, value, choices[method].lr == lr, metrics))
+def _seeds_text(options: CompareOptions) -> str:
+    sizes = ", ".join(f"{m} {n}" for m, n in grid_sizes(options).items())
+    chosen = f"configurations ({sizes}) chosen on validation over selection seeds {_list(options.seeds)}"
+    if options.report_seeds is None:
+        return f"{chosen}, reported on test over the same seeds (the chosen run's score is biased upward; pass --report-seeds)"
+    return f"{chosen}, reported on test over fresh seeds {_list(options.report_seeds)}"
+
+
+def _list(seeds: list[int]) -> str:
+    return ",".join(str(seed) for seed in seeds)
+
+
+def _pareto_points(base_scores: Any, selection: dict[Cell, Any], choices: dict[str, Choice], metrics: CompareMetrics) -> list[dict[str, Any]]:
+    points = [_point("base", "", [base_scores], True, metrics)]
+    by_config: dict[Config, list[Any]] = {}
+    for cell, scores in selection.items():
+        by_config.setdefault(cell.config, []).append(scores)
+    for config, scores in by_config.items():
+        points.append(_point(config.method, config.label, scores, choices[config.method].config == config, metrics))
     return points
 
 
-def _point(method: str, lr: float, scores: list[Any], chosen: bool, metrics: CompareMetrics) -> dict[str, Any]:
-    utility = bootstrap_interval(stacked(scores, "validation", metrics.utility.name))
-    constraint = bootstrap_interval(stacked(scores, "validation", metrics.constraint.name))
-    return {"method": method, "lr": lr, "chosen": chosen, "seeds": len(scores),
+def _point(method: str, label: str, scores: list[Any], chosen: bool, metrics: CompareMetrics) -> dict[str, Any]:
+    utility = mean_interval(sample(scores, "validation", metrics.utility.name, False))
+    constraint = mean_interval(sample(scores, "validation", metrics.constraint.name, metrics.constraint.binary))
+    return {"method": method, "config": label, "chosen": chosen, "seeds": len(scores),
             "utility": utility.mean, "utility_low": utility.low, "utility_high": utility.high,
             "constraint": constraint.mean, "constraint_low": constraint.low, "constraint_high": constraint.high}  # fmt: skip
 
 
-def _mean_curve(runs: Path, method: str, lr: float, seeds: list[int]) -> dict[str, np.ndarray]:
+def _mean_curve(runs: Path, config: Config, seeds: list[int]) -> dict[str, np.ndarray]:
     """loss_f and loss_g per step averaged over seeds (a POME edit shows its Muon run's training)."""
-    trained = "muon" if method == POME else method
-    frames = [RunDir(runs / Cell(trained, lr, seed).name).read_metrics() for seed in seeds]
+    frames = [RunDir(runs / Cell(config.trained(), seed).name).read_metrics() for seed in seeds]
     steps = min(len(frame) for frame in frames)
     return {
         "step": frames[0]["step"].to_numpy()[:steps],

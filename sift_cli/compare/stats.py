@@ -1,8 +1,23 @@
-"""The statistics a comparison reports: intervals over examples (and seeds) and paired tests.
+"""The statistics a comparison reports: intervals that carry seed and example variance, exact paired tests
+over training seeds, multiplicity control and non-inferiority.
 
-Plain numpy, seeded, so a comparison's numbers are reproducible. Per-example scores come as an array of
-shape (examples,) for one run or (seeds, examples) for several seeds of one configuration evaluated on
-the same examples; two configurations compared pairwise must share the example axis.
+The unit of a claim about methods is the training run. A configuration's scores come as a (seeds,
+examples) array, every seed scored on the same examples, with a cluster code per example (examples of one
+source passage, article or question are not independent). Two configurations are paired by seed (seed s
+of both shares its data order and initialization) and by example.
+
+- Tests: the exact paired sign-flip test on the per-seed mean differences (scipy's `permutation_test`,
+  enumerated). Under "the two methods are equal" the two runs of a seed are exchangeable, so the test
+  holds its level whatever the seed and example noise are; its smallest two-sided p is 2 / 2^seeds, so
+  nothing can be called a difference below 6 seeds, and one seed gets no test at all (its numbers are
+  conditional on one training run).
+- Intervals, one seed: a cluster bootstrap (scipy's `bootstrap`, BCa) of the token- or example-weighted
+  mean; Clopper-Pearson (statsmodels) for a rate of independent 1/0 outcomes, Newcombe's hybrid score
+  interval for a paired difference of such rates.
+- Intervals, several seeds: a two-stage percentile bootstrap (seeds, then clusters, the cluster draw
+  shared by every seed because they were scored on the same examples). scipy has no hierarchical
+  bootstrap, so this one is written here; `tests/compare/test_calibration.py` measures its coverage.
+- Multiplicity: Holm over every test but the app's primary one (statsmodels `multipletests`).
 """
 
 from __future__ import annotations
@@ -11,21 +26,69 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats as scipy_stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
 
 LEVEL = 0.95
+ALPHA = 1.0 - LEVEL
 RESAMPLES = 10_000
 SEED = 0
 
 
 @dataclass(frozen=True)
+class Sample:
+    """One metric of one configuration: `scores[seed, example]`, `clusters[example]` (any labels; equal
+    labels are one cluster) and whether the scores are 1/0 outcomes."""
+
+    scores: np.ndarray
+    clusters: np.ndarray
+    binary: bool = False
+
+    def __post_init__(self) -> None:
+        scores = np.asarray(self.scores, dtype=np.float64)
+        if scores.ndim == 1:
+            scores = scores[None, :]
+        if scores.ndim != 2 or scores.shape[1] == 0:
+            raise ValueError(f"scores of shape {scores.shape}: expected (examples,) or (seeds, examples) with examples > 0")
+        if not np.isfinite(scores).all():
+            raise ValueError("scores hold NaN or infinite values")
+        clusters = np.asarray(self.clusters)
+        if clusters.shape != (scores.shape[1],):
+            raise ValueError(f"{clusters.shape[0] if clusters.ndim else 0} cluster labels for {scores.shape[1]} examples")
+        object.__setattr__(self, "scores", scores)
+        object.__setattr__(self, "clusters", np.unique(clusters, return_inverse=True)[1].ravel())
+
+    @property
+    def seeds(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.scores.shape[1]
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.clusters.max()) + 1
+
+    def cluster_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(seeds, clusters) sums of scores and (clusters,) sizes."""
+        sums = np.zeros((self.seeds, self.n_clusters))
+        np.add.at(sums, (slice(None), self.clusters), self.scores)
+        return sums, np.bincount(self.clusters).astype(np.float64)
+
+
+@dataclass(frozen=True)
 class Interval:
-    """A mean with its percentile-bootstrap interval; n: examples, seeds: runs averaged."""
+    """A mean with its interval; n: examples, clusters: independent units among them, seeds: runs."""
 
     mean: float
     low: float
     high: float
     n: int
+    clusters: int
     seeds: int
+    method: str
 
     def contains(self, value: float) -> bool:
         return self.low <= value <= self.high
@@ -33,99 +96,163 @@ class Interval:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """mean(a - b) over shared examples, its interval, and a two-sided p-value."""
+    """mean(a - b) over shared seeds and examples, its interval, and the exact test over seeds.
+
+    `p_value` is None where no test is possible (one seed); `p_floor` is the smallest p the test can
+    give at this number of seeds; `p_adjusted` is Holm's (or the raw p for the primary comparison)."""
 
     difference: float
     low: float
     high: float
-    p_value: float
+    p_value: float | None
+    p_floor: float | None
     n: int
+    clusters: int
+    seeds: int
     test: str
+    interval_method: str
+    relative: float | None = None
+    p_adjusted: float | None = None
 
     @property
     def significant(self) -> bool:
-        """p < 1 - LEVEL and the interval excludes zero: a difference is only called one when both the
-        test and the interval say so."""
-        return self.p_value < 1.0 - LEVEL and (self.low > 0.0 or self.high < 0.0)
+        """Adjusted p below 5% and an interval that excludes zero: a difference is only called one when
+        both say so."""
+        return self.p_adjusted is not None and self.p_adjusted < ALPHA and (self.low > 0.0 or self.high < 0.0)
 
 
-def _as_seeds(scores: np.ndarray) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim == 1:
-        scores = scores[None, :]
-    if scores.ndim != 2 or scores.shape[1] == 0:
-        raise ValueError(f"scores of shape {scores.shape}: expected (examples,) or (seeds, examples) with examples > 0")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores hold NaN or infinite values")
-    return scores
+def mean_interval(sample: Sample, resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
+    """The configuration's mean over seeds and examples with its 95% interval (see the module docstring)."""
+    mean = float(sample.scores.mean())
+    if sample.seeds > 1:
+        low, high = _two_stage(sample.scores, sample.clusters, resamples, seed)
+        method = "two-stage bootstrap (seeds, clusters)"
+    elif sample.binary and sample.n_clusters == sample.n:
+        count = int(round(sample.scores.sum()))
+        low, high = proportion_confint(count, sample.n, alpha=ALPHA, method="beta")
+        method = "Clopper-Pearson"
+    else:
+        low, high, method = _cluster_bootstrap(sample, resamples, seed)
+    return Interval(mean, float(low), float(high), sample.n, sample.n_clusters, sample.seeds, method)
 
 
-def resampled_means(scores: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
-    """Bootstrap means of a (seeds, examples) array: seeds and examples are each drawn with replacement
-    (a two-level bootstrap), so the interval covers both the example sample and seed-to-seed variation."""
-    scores = _as_seeds(scores)
-    rng = np.random.default_rng(seed)
-    seeds, examples = scores.shape
-    seed_draw = rng.integers(0, seeds, size=(resamples, seeds)) if seeds > 1 else np.zeros((resamples, 1), dtype=np.int64)
-    example_draw = rng.integers(0, examples, size=(resamples, examples))
-    per_seed = scores[seed_draw[:, :, None], example_draw[:, None, :]]
-    return per_seed.mean(axis=(1, 2))
+def paired_difference(a: Sample, b: Sample, resamples: int = RESAMPLES, seed: int = SEED) -> PairedDifference:
+    """a - b on the same seeds and examples: interval, relative effect (to b's mean) and the exact test."""
+    if a.scores.shape != b.scores.shape:
+        raise ValueError(f"paired scores need the same seeds and examples: {a.scores.shape} vs {b.scores.shape}")
+    if not np.array_equal(a.clusters, b.clusters):
+        raise ValueError("paired scores need the same clusters")
+    diff = Sample(a.scores - b.scores, a.clusters, binary=False)
+    difference = float(diff.scores.mean())
+    reference = float(b.scores.mean())
+    relative = difference / abs(reference) if reference != 0.0 else None
+    if a.seeds > 1:
+        low, high = _two_stage(diff.scores, diff.clusters, resamples, seed)
+        interval_method = "two-stage bootstrap (seeds, clusters)"
+    elif a.binary and b.binary and a.n_clusters == a.n:
+        low, high = newcombe_paired(a.scores[0].astype(bool), b.scores[0].astype(bool))
+        interval_method = "Newcombe hybrid score (paired)"
+    else:
+        low, high, interval_method = _cluster_bootstrap(diff, resamples, seed)
+    p_value, floor = seed_sign_flip(diff.scores.mean(axis=1))
+    test = "exact sign-flip over seeds" if p_value is not None else "none (one seed)"
+    return PairedDifference(difference, float(low), float(high), p_value, floor, a.n, a.n_clusters, a.seeds, test,
+                            interval_method, relative)  # fmt: skip
 
 
-def bootstrap_interval(scores: np.ndarray, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED) -> Interval:
-    """Mean and percentile-bootstrap interval of per-example scores (averaged over seeds)."""
-    scores = _as_seeds(scores)
-    means = resampled_means(scores, resamples, seed)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return Interval(float(scores.mean()), float(low), float(high), scores.shape[1], scores.shape[0])
+def seed_sign_flip(per_seed: np.ndarray, alternative: str = "two-sided") -> tuple[float | None, float | None]:
+    """Exact paired sign-flip p of per-seed mean differences, and the smallest p this many seeds allow;
+    (None, None) with one seed."""
+    per_seed = np.asarray(per_seed, dtype=np.float64)
+    if per_seed.size < 2:
+        return None, None
+    if np.all(per_seed == 0.0):
+        return 1.0, _floor(per_seed.size, alternative)
+    result = scipy_stats.permutation_test(
+        (per_seed,), np.mean, permutation_type="samples", n_resamples=np.inf, alternative=alternative, vectorized=True
+    )
+    return float(result.pvalue), _floor(per_seed.size, alternative)
 
 
-def paired_bootstrap(
-    a: np.ndarray, b: np.ndarray, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED
-) -> PairedDifference:
-    """Difference of means of two configurations on the same examples, resampling examples jointly.
-
-    The p-value is the two-sided bootstrap p: twice the share of resampled differences on the other side
-    of zero from the observed one (capped at 1)."""
-    a, b = _as_seeds(a), _as_seeds(b)
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"paired scores need the same examples: {a.shape[1]} vs {b.shape[1]}")
-    rng = np.random.default_rng(seed)
-    examples = a.shape[1]
-    draw = rng.integers(0, examples, size=(resamples, examples))
-    seeds_a = rng.integers(0, a.shape[0], size=(resamples, a.shape[0])) if a.shape[0] > 1 else np.zeros((resamples, 1), dtype=np.int64)
-    seeds_b = rng.integers(0, b.shape[0], size=(resamples, b.shape[0])) if b.shape[0] > 1 else np.zeros((resamples, 1), dtype=np.int64)
-    diffs = a[seeds_a[:, :, None], draw[:, None, :]].mean(axis=(1, 2)) - b[seeds_b[:, :, None], draw[:, None, :]].mean(axis=(1, 2))
-    observed = float(a.mean() - b.mean())
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(diffs, [tail, 1.0 - tail])
-    other_side = np.mean(diffs <= 0.0) if observed > 0 else np.mean(diffs >= 0.0)
-    p_value = 1.0 if observed == 0.0 else min(1.0, 2.0 * float(other_side))
-    return PairedDifference(observed, float(low), float(high), p_value, examples, "paired bootstrap")
+def _floor(seeds: int, alternative: str) -> float:
+    return (2.0 if alternative == "two-sided" else 1.0) / 2.0**seeds
 
 
-def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> PairedDifference:
-    """McNemar's exact test on paired right/wrong outcomes (one seed each), with the accuracy difference.
+def noninferiority(a: Sample, b: Sample, margin: float) -> float | None:
+    """One-sided exact p that a's lower-is-better metric exceeds b's by less than `margin` (the H1 of
+    "a keeps b's utility"): a sign-flip over seeds of the per-seed (a - b - margin). None with one seed."""
+    per_seed = (a.scores - b.scores).mean(axis=1) - margin
+    return seed_sign_flip(per_seed, alternative="less")[0]
 
-    Only discordant pairs carry information: under the null each is equally likely to favour either
-    side, so the two-sided p-value is a binomial tail of the smaller discordant count. The interval is
-    the Wald interval of a difference of paired proportions (reported for scale, not used by the test)."""
-    a = np.asarray(a_correct, dtype=bool)
-    b = np.asarray(b_correct, dtype=bool)
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values; None (no test) stays None and takes no part."""
+    present = [i for i, p in enumerate(p_values) if p is not None]
+    adjusted: list[float | None] = [None] * len(p_values)
+    if present:
+        corrected = multipletests([p_values[i] for i in present], alpha=ALPHA, method="holm")[1]
+        for i, p in zip(present, corrected):
+            adjusted[i] = float(p)
+    return adjusted
+
+
+def newcombe_paired(a: np.ndarray, b: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Newcombe's (1998, method 10) hybrid score interval for p_a - p_b from paired 1/0 outcomes: the
+    marginal Wilson intervals (statsmodels), combined with the phi correlation of the 2x2 table. Unlike
+    the Wald interval it is not degenerate when no pair is discordant."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
-        raise ValueError(f"McNemar needs two equal-length 1-D outcome vectors, got {a.shape} and {b.shape}")
-    only_a = int(np.sum(a & ~b))
-    only_b = int(np.sum(~a & b))
-    discordant = only_a + only_b
-    p_value = 1.0 if discordant == 0 else min(1.0, 2.0 * _binomial_cdf(min(only_a, only_b), discordant))
+        raise ValueError(f"paired outcomes need two equal-length 1-D vectors, got {a.shape} and {b.shape}")
     n = a.size
-    difference = (only_a - only_b) / n
-    spread = math.sqrt(max(0.0, discordant / n - difference**2) / n)
-    z = 1.959963984540054
-    return PairedDifference(difference, difference - z * spread, difference + z * spread, p_value, n, "McNemar exact")
+    both, only_a, only_b, neither = (int(np.sum(x)) for x in (a & b, a & ~b, ~a & b, ~a & ~b))
+    p_a, p_b = (both + only_a) / n, (both + only_b) / n
+    l_a, u_a = proportion_confint(both + only_a, n, alpha=1 - level, method="wilson")
+    l_b, u_b = proportion_confint(both + only_b, n, alpha=1 - level, method="wilson")
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    cross = float(both * neither - only_a * only_b)
+    if cross > 0.0:
+        cross = max(cross - n / 2.0, 0.0)  # Newcombe's continuity correction
+    phi = cross / math.sqrt(margins) if margins else 0.0
+    delta = math.sqrt(max((p_a - l_a) ** 2 - 2 * phi * (p_a - l_a) * (u_b - p_b) + (u_b - p_b) ** 2, 0.0))
+    epsilon = math.sqrt(max((u_a - p_a) ** 2 - 2 * phi * (u_a - p_a) * (p_b - l_b) + (p_b - l_b) ** 2, 0.0))
+    return p_a - p_b - delta, p_a - p_b + epsilon
 
 
-def _binomial_cdf(k: int, n: int) -> float:
-    """P(X <= k) for X ~ Binomial(n, 1/2), exactly (integer arithmetic, then one division)."""
-    return sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+def _cluster_bootstrap(sample: Sample, resamples: int, seed: int) -> tuple[float, float, str]:
+    """One seed: BCa over clusters of the ratio (sum of scores) / (examples); percentile where BCa is
+    undefined (every cluster mean equal, or too few clusters for its jackknife)."""
+    sums, sizes = sample.cluster_sums()
+    if sample.n_clusters < 2 or np.ptp(sums[0] / sizes) == 0.0:
+        mean = float(sample.scores.mean())
+        return mean, mean, "no spread across clusters"
+
+    def ratio(total: np.ndarray, count: np.ndarray, axis: int = -1) -> np.ndarray:
+        return total.sum(axis=axis) / count.sum(axis=axis)
+
+    for method in ("BCa", "percentile"):
+        result = scipy_stats.bootstrap((sums[0], sizes), ratio, paired=True, vectorized=True, n_resamples=resamples,
+                                       confidence_level=LEVEL, method=method, rng=np.random.default_rng(seed))  # fmt: skip
+        low, high = result.confidence_interval
+        if np.isfinite(low) and np.isfinite(high):
+            return float(low), float(high), f"cluster bootstrap ({method})"
+    raise ValueError("the cluster bootstrap gave no finite interval")
+
+
+def _two_stage(scores: np.ndarray, clusters: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile interval of the mean: clusters drawn with replacement (one draw for all seeds: they
+    share the examples), then seeds with replacement. A bootstrap over S seeds shrinks their spread by
+    (S - 1) / S, so each resample's seed deviation is scaled back by sqrt(S / (S - 1))."""
+    rng = np.random.default_rng(seed)
+    seeds = scores.shape[0]
+    n_clusters = int(clusters.max()) + 1
+    sums = np.zeros((seeds, n_clusters))
+    np.add.at(sums, (slice(None), clusters), scores)
+    sizes = np.bincount(clusters, minlength=n_clusters).astype(np.float64)
+    cluster_draw = rng.integers(0, n_clusters, size=(resamples, n_clusters))
+    seed_draw = rng.integers(0, seeds, size=(resamples, seeds))
+    every_seed = sums[:, cluster_draw].sum(axis=2).T / sizes[cluster_draw].sum(axis=1)[:, None]
+    centre = every_seed.mean(axis=1)
+    drawn = np.take_along_axis(every_seed, seed_draw, axis=1).mean(axis=1)
+    means = centre + (drawn - centre) * np.sqrt(seeds / (seeds - 1))
+    low, high = np.quantile(means, [ALPHA / 2, 1 - ALPHA / 2])
+    return float(low), float(high)

@@ -28,7 +28,8 @@ class OptimizerConfig:
 
     lr is the learning rate of the "spectral" param group (hidden matrices), adamw_lr (None: lr) that of
     the "adamw" group; under "adamw" and "blur" both groups take AdamW, each with its own lr. lam
-    weights f in lam*f + g for the Muon and AdamW branches; SIFT's direction does not depend on it.
+    weights f in lam*f + g for the Muon and AdamW branches. It matters under SIFT too: a block whose gate
+    stays shut takes the Muon branch with this weight; only the SIFT branch's merged direction ignores it.
     subspace: how the fast SIFT path finds top-k subspaces, "auto" (warm-started subspace iteration per
     block, the exact top-k when k is None or k + max(k // 2, 10) >= min(m, n)) or "randomized" (a
     Gaussian start every step, no cache); exact=True takes full SVDs instead.

@@ -52,8 +52,9 @@ def check_comparison(app: str, args: list[str], output: Path, settings: list[str
             assert interval["n"] > 0 and interval["low"] <= interval["mean"] <= interval["high"], (name, metric.name)
     for metric in metrics.metrics:
         test = record["paired_vs_reference"]["sift"][metric.name]
-        assert test["test"] == ("McNemar exact" if metric.binary else "paired bootstrap"), metric.name
-        assert 0.0 <= test["p_value"] <= 1.0 and test["low"] <= test["difference"] <= test["high"]
+        assert test["test"] == "none (one seed)" and test["p_value"] is None and not test["significant"], metric.name
+        assert test["low"] <= test["difference"] <= test["high"], metric.name
+        assert test["interval_method"].startswith("Newcombe" if metric.binary else "cluster bootstrap") or test["low"] == test["high"]
     for name in ("pareto.png", "pareto.csv", "curves.png", "curves.csv", "results.csv"):
         assert (output / name).stat().st_size > 0
 
@@ -71,22 +72,25 @@ def check_choice_reads_validation_only(app: str, args: list[str], output: Path) 
     best on test, both within the utility tolerance), run the same command again (it reuses the finished
     runs and their cached scores) and check that validation decides and test is only reported."""
     metrics = get_app(app).COMPARE_METRICS
-    base = json.loads((output / "scores" / "base.json").read_text())
+    base = json.loads((output / "scores" / "base.json").read_text())["scores"]
     good, bad = (10.0, 0.0) if metrics.constraint.higher_is_better else (0.0, 10.0)
     wins_on = {"sift-lr0.001-seed0": "validation", "sift-lr0.01-seed0": "test"}
     for run, split in wins_on.items():
         path = output / "scores" / f"{run}.json"
-        scores = json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        scores = saved["scores"]
         for side in ("validation", "test"):
             scores[side][metrics.utility.name] = base[side][metrics.utility.name]
             value = good if side == split else bad
-            scores[side][metrics.constraint.name] = [value] * len(scores[side][metrics.constraint.name])
-        path.write_text(json.dumps(scores))
+            constraint = scores[side][metrics.constraint.name]
+            constraint["score"] = [value] * len(constraint["score"])
+        path.write_text(json.dumps(saved))
     (output / "compare.json").unlink()
     again = runner.invoke(cli_app, args, catch_exceptions=False)
     assert again.exit_code == 0, again.output
     record = json.loads((output / "compare.json").read_text())
     assert record["choices"]["sift"]["lr"] == 0.001 and record["choices"]["sift"]["qualified"]
+    assert record["choices"]["sift"]["on_grid_edge"] == ["lr"]
     assert record["test"]["sift"][metrics.constraint.name]["mean"] == bad
 
 
@@ -122,10 +126,11 @@ def test_safety_comparison(safety_settings: list[str], tmp_path: Path) -> None:
     output = tmp_path / "cmp"
     args = compare("safety", safety_settings, output)
     record = check_comparison("safety", args, output, safety_settings)
-    base = json.loads((output / "scores" / "base.json").read_text())
-    assert len(base["validation"]["sft_nll"]) + record["test"]["base"]["sft_nll"]["n"] == len(ALPACA) // 10
-    assert record["test"]["base"]["refusal"]["n"] == len(HARMFUL) // 2
-    assert set(base["test"]["refusal"]) <= {0.0, 1.0} and set(base["test"]["benign_refusal"]) <= {0.0, 1.0}
+    base = json.loads((output / "scores" / "base.json").read_text())["scores"]
+    assert len(base["validation"]["sft_nll"]["id"]) + record["test"]["base"]["sft_nll"]["n"] == len(ALPACA) // 10
+    assert len(base["validation"]["refusal"]["id"]) + record["test"]["base"]["refusal"]["n"] == len(HARMFUL)
+    assert set(base["test"]["refusal"]["score"]) <= {0.0, 1.0} and set(base["test"]["benign_refusal"]["score"]) <= {0.0, 1.0}
+    assert base["test"]["benign_refusal"]["id"] == base["test"]["sft_nll"]["id"], "one Alpaca row, one id in both metrics"
     check_choice_reads_validation_only("safety", args, output)
 
 
@@ -171,7 +176,9 @@ def test_hallucination_comparison(tiny_model_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "cmp"
     args = compare("hallucination", settings, output)
     record = check_comparison("hallucination", args, output, settings)
-    assert record["test"]["base"]["faithful_nll"]["n"] == 4 and record["test"]["base"]["hallucinated_nll"]["n"] == 2
+    base = json.loads((output / "scores" / "base.json").read_text())["scores"]
+    assert len(base["validation"]["faithful_nll"]["id"]) + record["test"]["base"]["faithful_nll"]["n"] == 8
+    assert len(base["validation"]["hallucinated_nll"]["id"]) + record["test"]["base"]["hallucinated_nll"]["n"] == 4
     check_choice_reads_validation_only("hallucination", args, output)
 
 

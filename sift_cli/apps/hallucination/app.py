@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives, ScoredRows
 from sift_cli.apps.batching import (
     IGNORE,
     label_collator,
@@ -300,16 +300,22 @@ def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[Any]]:
     return {name: found for name, found in groups.items() if found}
 
 
-def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, list[float]]:
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, ScoredRows]:
     """`faithful_nll` per response with a faithful token, `hallucinated_nll` per response with a
     hallucinated token left after `data.max_length`."""
-    encoded = encode_split(tokenizer, [row for rows in groups.values() for row in rows], spec.data.max_length)
+    rows = [row for found in groups.values() for row in found]
+    encoded = encode_split(tokenizer, rows, spec.data.max_length)
     pad = pad_id(tokenizer)
     scores = {}
     for metric, key in (("faithful_nll", "f_labels"), ("hallucinated_nll", "g_labels")):
-        items = [item for item in encoded if any(label != IGNORE for label in item[key])]
-        scores[metric] = per_example_nll(model, items, key, pad, batch_size)
+        kept = [i for i, item in enumerate(encoded) if any(label != IGNORE for label in item[key])]
+        scores[metric] = ([rows[i] for i in kept], per_example_nll(model, [encoded[i] for i in kept], key, pad, batch_size))
     return scores
+
+
+def compare_cluster(row: dict[str, Any]) -> str:
+    """The responses to one source passage are one cluster: they share the passage and its facts."""
+    return str(row["source_id"])
 
 
 def _labelled_log_probs(

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives, ScoredRows
 from sift_cli.apps.batching import IGNORE, label_collator, label_log_probs, pad_id, per_example_nll
 from sift_cli.apps.safety.data import (
     ALPACA_ID,
@@ -452,7 +452,7 @@ def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[Any]]:
     return groups
 
 
-def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, list[float]]:
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, ScoredRows]:
     """`sft_nll` per held-out Alpaca example, `refusal` per harmful prompt and `benign_refusal` per
     held-out Alpaca instruction, from greedy replies of `objective.max_new_tokens` tokens. Refusals are
     read by the keyword classifier whatever `objective.judge` says: it is offline and deterministic, so
@@ -469,7 +469,7 @@ def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict
     replies = generate(model, tokenizer, [user_message(opts.template, p) for p in harmful] + benign, opts.max_new_tokens, batch_size=batch_size)
     refused = [float(is_refusal(reply)) for reply in replies]
     return {
-        "sft_nll": per_example_nll(model, items, "labels", pad_id(tokenizer), batch_size),
-        "refusal": refused[: len(harmful)],
-        "benign_refusal": refused[len(harmful) :],
+        "sft_nll": (alpaca, per_example_nll(model, items, "labels", pad_id(tokenizer), batch_size)),
+        "refusal": (harmful, refused[: len(harmful)]),
+        "benign_refusal": (alpaca, refused[len(harmful) :]),
     }

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from torch import nn
 
-from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives, ScoredRows
 from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id, per_example_nll
 from sift_cli.apps.speech import prompts, sources
 from sift_cli.apps.speech.answers import parse_answer
@@ -330,7 +330,7 @@ def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[Any]]:
     return {"questions": data.rows("test")}
 
 
-def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, list[float]]:
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[Any]], batch_size: int) -> dict[str, ScoredRows]:
     """`text_nll` and `speech_nll` per question (mean over `objective.instructions` of each reply's mean
     NLL per token), and `text_answer_acc` (1.0 when the greedy reply to the text question names the gold
     answer). A model without speech tokens (the base model) gets them added, seeded by `train.seed`, as
@@ -353,17 +353,18 @@ def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict
                 item["f_labels"] = [IGNORE if label in wrappers else label for label in item["f_labels"]]
                 owners.append(index)
                 items.append(item)
-    scores: dict[str, list[float]] = {}
+    scores: dict[str, ScoredRows] = {}
     for metric, key in (("text_nll", "f_labels"), ("speech_nll", "g_labels")):
         kept = [i for i, item in enumerate(items) if any(label != IGNORE for label in item[key])]
         values = per_example_nll(model, [items[i] for i in kept], key, pad_id(tokenizer), batch_size)
         by_row: dict[int, list[float]] = {}
         for i, value in zip(kept, values):
             by_row.setdefault(owners[i], []).append(value)
-        scores[metric] = [sum(found) / len(found) for _, found in sorted(by_row.items())]
+        scored = sorted(by_row.items())
+        scores[metric] = ([rows[index] for index, _ in scored], [sum(found) / len(found) for _, found in scored])
     answers = ask(model, tokenizer, vocab, fmt, rows, "text", opts, batch_size)
-    scores["text_answer_acc"] = [
+    scores["text_answer_acc"] = (rows, [
         float(parse_answer(tokenizer.decode(text_ids, skip_special_tokens=True), row["options"]) == row["answer"])
         for row, (text_ids, _) in zip(rows, answers)
-    ]
+    ])
     return scores

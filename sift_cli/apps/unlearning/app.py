@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
-from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives
+from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, Objectives, ScoredRows
 from sift_cli.errors import SiftError, first_line
 from sift_cli.evaluation import lmeval
 from sift_cli.output import summary
@@ -298,12 +298,12 @@ def compare_examples(spec: RunSpec, data: PreparedData) -> dict[str, list[str]]:
     return texts
 
 
-def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[str]], batch_size: int) -> dict[str, list[float]]:
+def compare_scores(model: nn.Module, tokenizer: Any, spec: RunSpec, groups: dict[str, list[str]], batch_size: int) -> dict[str, ScoredRows]:
     """`forget_nll` and `retain_nll`: each held-out text's mean NLL per token."""
     scores = {}
     for topic, texts in groups.items():
         nll, tokens = text_nll(model, tokenizer, texts, spec.data.max_length, batch_size)
-        scores[f"{topic}_nll"] = (nll / np.maximum(tokens, 1)).tolist()
+        scores[f"{topic}_nll"] = (texts, (nll / np.maximum(tokens, 1)).tolist())
     return scores
 
 
