@@ -96,8 +96,8 @@ class CompareMetrics:
     The utility is a per-token NLL (lower is better), because the rule's tolerance is a perplexity
     ratio: a rate qualifies while exp(utility) stays within (1 + tolerance) of the base model's.
     `extra` metrics are reported with intervals and paired tests but take no part in the choice.
-    The app's primary comparison, the one test not adjusted for multiplicity, is SIFT against the
-    reference method on the constraint; every other method x metric test is Holm-adjusted."""
+    The app's primary comparison, tested first and not adjusted, is SIFT against the reference method
+    on the constraint; every other method x metric test is Holm-adjusted and gated by it."""
 
     utility: Metric
     constraint: Metric

@@ -60,9 +60,11 @@ def intervals(scores: SeedScores, metrics: CompareMetrics) -> dict[str, Interval
 def paired_tests(chosen: dict[str, SeedScores], reference: str, metrics: CompareMetrics, tolerance: float, resamples: int = RESAMPLES) -> Tests:
     """Each method against the reference on every metric, paired by seed and example id.
 
-    The primary comparison (SIFT against the reference on the constraint) keeps its raw p; every other
-    difference and every utility non-inferiority test (margin: the tolerance, log(1 + tolerance) nats)
-    is one family, Holm-adjusted."""
+    Serial gatekeeping keeps the whole table's family-wise error at 5%: the primary comparison (SIFT
+    against the reference on the constraint) is tested first at its raw p; every other difference and
+    every utility non-inferiority test (margin: the tolerance, log(1 + tolerance) nats) is one family,
+    Holm-adjusted, and its adjusted p is at least the primary's, so nothing in it is called a difference
+    unless the primary one is. Without SIFT in the grid the family is the whole table."""
     reference_scores = chosen[reference]
     differences: dict[str, dict[str, PairedDifference]] = {}
     for method, scores in chosen.items():
@@ -84,6 +86,9 @@ def paired_tests(chosen: dict[str, SeedScores], reference: str, metrics: Compare
     primary = ("sift", metrics.constraint.name) if "sift" in differences else None
     family = [(method, metric) for method, found in differences.items() for metric in found if (method, metric) != primary]
     adjusted = holm([differences[m][k].p_value for m, k in family] + list(noninferior.values()))
+    gate = None if primary is None else differences["sift"][primary[1]].p_value
+    if gate is not None:
+        adjusted = [None if p is None else max(p, gate) for p in adjusted]
     for (method, metric), p in zip(family, adjusted):
         differences[method][metric] = replace(differences[method][metric], p_adjusted=p)
     if primary is not None:
@@ -153,10 +158,11 @@ def test_caption(tests: Tests, report_seeds: int, reference: str) -> str:
         return (f"Δ vs {reference} on the same test examples; one report seed: the numbers are conditional on one "
                 "training run per method, so no difference is tested or marked")  # fmt: skip
     floor = 2.0 / 2.0**report_seeds
-    primary = f"primary: {tests.primary[0]} on {tests.primary[1]}, unadjusted; " if tests.primary else ""
+    primary = (f"primary: {tests.primary[0]} on {tests.primary[1]}, tested first; all other tests Holm-adjusted and "
+               "gated by it (adjusted p at least the primary's)") if tests.primary else "all tests Holm-adjusted"  # fmt: skip
     return (
         f"Δ vs {reference} over {report_seeds} paired seeds: exact sign-flip test over seeds (smallest possible p "
-        f"{floor:.2g}{', so nothing can be marked' if floor >= ALPHA else ''}); {primary}all other tests Holm-adjusted; "
+        f"{floor:.2g}{', so nothing can be marked' if floor >= ALPHA else ''}); {primary}; "
         f"* adjusted p < 0.05 and interval excludes 0; utility non-inferior: {reference}'s + log(1 + tolerance) = "
         f"{tests.margin:.3g} nats, one-sided exact test"
     )

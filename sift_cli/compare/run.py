@@ -191,7 +191,7 @@ def _report(
         "utility_noninferiority": {method: {"margin_nats": tests.margin, "p_value": tests.noninferior[method],
                                             "p_adjusted": tests.noninferior_adjusted[method]} for method in tests.noninferior},  # fmt: skip
         "primary": None if tests.primary is None else {"method": tests.primary[0], "metric": tests.primary[1]},
-        "multiplicity": "Holm over every test but the primary one",
+        "multiplicity": "the primary test first at 5%; every other test Holm-adjusted and gated by it (adjusted p >= the primary's)",
         "reference": options.reference,
         "selection_seeds": options.seeds,
         "report_seeds": options.reported_on,
