@@ -111,6 +111,11 @@ def test_bad_compare_inputs_are_one_line(tiny_model_dir, data_dir, tmp_path) -> 
         (["--method", "sgd=0.1", "--method", "muon=0.1"], "unknown method 'sgd'"),
         (["--method", "sift=0.1"], "reference method 'muon' is not in the grid"),
         (["--method", "sift=0.1", "--method", "muon=0.1", "--seeds", "a"], "--seeds 'a'"),
+        (["--method", "sift=0.1", "--method", "muon=0.1", "--axis", "muon"], "is not METHOD:KEY=V"),
+        (["--method", "sift=0.1", "--method", "muon=0.1", "--axis", "adamw:optim.lam=1"], "adamw has no learning rates"),
+        (["--method", "sift=0.1", "--method", "muon=0.1", "--axis", "muon:optim.lr=1,2"], "sets optim.lr itself"),
+        (["--method", "sift=0.1", "--method", "muon=0.1", "--axis", "muon:optim.lamm=1,2"], "optim.lamm"),
+        (["--method", "sift=0.1", "--method", "muon=0.1", "--seeds", "0,1", "--report-seeds", "1,2"], "both a selection and a report seed"),
     ]
     for extra, message in cases:
         result = invoke(*compare_args(tiny_model_dir, data_dir, tmp_path / "bad", *extra))
