@@ -1,6 +1,6 @@
 """What a comparison shows: each chosen configuration on test over its report seeds with intervals, paired
-differences against the reference method with exact tests over seeds (Holm-adjusted but for the app's
-primary comparison), a non-inferiority test of utility, the Pareto picture and the training curves, as a
+differences against the reference method with exact tests over seeds (the app's primary comparison
+first, the rest Holm-adjusted and gated by it), a non-inferiority test of utility, the Pareto picture and the training curves, as a
 Rich table, CSV and PNG."""
 
 from __future__ import annotations

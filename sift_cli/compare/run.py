@@ -204,8 +204,7 @@ def _report(
     caption = [_seeds_text(options), test_caption(tests, len(options.reported_on), options.reference), NLL_NOTE]
     if len(set(sizes.values())) > 1:
         caption.append(f"unequal grids ({', '.join(f'{m} {n}' for m, n in sizes.items())} configurations): a larger grid is favoured by choosing")
-    edged = {method: choice.edges for method, choice in choices.items() if choice.edges}
-    if edged:
+    if any(choice.edges for choice in choices.values()):
         caption.append("edge: the chosen configuration is at the end of its grid along these axes; its front may go on, extend the grid")
     unqualified = [method for method, choice in choices.items() if not choice.qualified]
     if unqualified:
