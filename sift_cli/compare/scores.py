@@ -198,9 +198,8 @@ def score_model(model: Any, tokenizer: Any, spec: RunSpec, examples: dict[str, E
                 raise SiftError(f"the {split} half of the held-out data has no example to score {name} on; hold out more examples")
             metrics[name] = _scored(rows, values, chosen.clusters)
         if chosen.tasks:
-            for task, correct in zip(chosen.tasks, task_correctness(model, tokenizer, chosen.tasks, batch_size).values()):
-                name = Path(task.removeprefix(CLOZE)).stem.replace(f"_{split}", "", 1)
-                metrics[f"acc:{name}"] = _scored(chosen.task_rows[task], correct.tolist(), chosen.clusters)
+            for task, (name, correct) in zip(chosen.tasks, task_correctness(model, tokenizer, chosen.tasks, batch_size).items()):
+                metrics[f"acc:{name.replace(f'_{split}', '', 1)}"] = _scored(chosen.task_rows[task], correct.tolist(), chosen.clusters)
         scores[split] = metrics
     return scores
 

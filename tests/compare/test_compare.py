@@ -164,6 +164,8 @@ def test_a_changed_input_refuses_the_cached_comparison(tiny_model_dir, data_dir,
     output = tmp_path / "cmp"
     args = compare_args(tiny_model_dir, data_dir, output, "--method", "sift=0.02", "--method", "muon=0.02", "--tasks", f"cloze:{questions}")
     assert invoke(*args).exit_code == 0
+    scores = json.loads((output / "scores" / "base.json").read_text())["scores"]["test"]["acc:mcq_cloze"]
+    assert set(scores["score"]) <= {0.0, 1.0} and len(scores["id"]) == len(set(scores["id"])) == 3
     record = (output / "compare.yaml").read_text()
     questions.write_text("".join(json.dumps({**row, "answer": 1}) + "\n" for row in rows))
     again = invoke(*args)
