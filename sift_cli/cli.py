@@ -232,6 +232,13 @@ def parse_method(text: str) -> tuple[str, list[float]]:
     return name.strip(), values
 
 
+def require_known(flag: str, given: List[str], allowed: Any) -> None:
+    """One line naming the first value of a repeatable choice flag that is not one of `allowed`."""
+    unknown = [name for name in given if name not in allowed]
+    if unknown:
+        raise SiftError(f"{flag} {unknown[0]!r}: expected one of {', '.join(allowed)}")
+
+
 def parse_axes(texts: List[str]) -> dict[str, dict[str, list[Any]]]:
     """`muon:optim.lam=1,10` -> {"muon": {"optim.lam": [1, 10]}}; values are read as YAML scalars."""
     import yaml
@@ -322,9 +329,7 @@ def bench_engine(
 
     from sift_cli.bench.engine import STREAMS, run_engine_bench
 
-    unknown = [name for name in stream if name not in STREAMS]
-    if unknown:
-        raise SiftError(f"--stream {unknown[0]!r}: expected one of {', '.join(STREAMS)}")
+    require_known("--stream", stream, STREAMS)
     if steps < 1:
         raise SiftError(f"--steps {steps} must be at least 1")
     if k < 1:
@@ -349,9 +354,7 @@ def bench_toy(
     """SIFT's and Muon's trade-off fronts over seeds on small constrained MLPs: f needed at fixed g levels, paired exact tests."""
     from sift_cli.bench.toy import PROBLEMS, run_front_bench
 
-    unknown = [name for name in problem if name not in PROBLEMS]
-    if unknown:
-        raise SiftError(f"--problem {unknown[0]!r}: expected one of {', '.join(PROBLEMS)}")
+    require_known("--problem", problem, PROBLEMS)
     if seeds < 4:
         raise SiftError(f"--seeds {seeds}: at least 4 (half choose, half report, and each half needs two for a test)")
     if steps < 4:

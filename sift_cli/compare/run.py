@@ -11,6 +11,7 @@ test halves of the MCQ files), and the report: `compare.json`, `results.csv`, `p
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from sift_cli.evaluation.lmeval import CLOZE
 from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json, write_text
-from sift_cli.store.prepared import file_sha256, load_prepared
+from sift_cli.store.prepared import PreparedData, file_sha256, load_prepared
 from sift_cli.store.rundir import RunDir
 
 RECORD = "compare.yaml"
@@ -59,9 +60,8 @@ def claim(output: Path, record: str) -> None:
     write_text(marker, record)
 
 
-def input_hashes(base: RunSpec, tasks: list[str]) -> dict[str, Any]:
+def input_hashes(data: PreparedData, tasks: list[str]) -> dict[str, Any]:
     """sha256 of every prepared-data file (from its verified manifest) and of every MCQ file."""
-    data = load_prepared(Path(base.data.path), base.app)
     hashes: dict[str, Any] = {"prepared": dict(sorted((data.manifest.get("sha256") or {}).items()))}
     files = {}
     for task in tasks:
@@ -90,10 +90,11 @@ def run_compare(
     output = Path(output)
     for cell in selection_cells(options):
         cell_spec(base, cell, output / "runs", options.steps)  # every axis value is a valid spec, before anything is written
-    hashes = input_hashes(base, tasks)
+    data = load_prepared(Path(base.data.path), base.app)
+    hashes = input_hashes(data, tasks)
     record = {"base": base.model_dump(mode="json"), "compare": options.model_dump(mode="json"), "tasks": tasks, "inputs": hashes}
     claim(output, yaml.safe_dump(record, sort_keys=True))
-    examples = build_examples(base, tasks, output / "tasks")
+    examples = build_examples(base, tasks, output / "tasks", data)
     digest = examples_digest(examples)
     metrics: CompareMetrics = get_app(base.app).COMPARE_METRICS
     with console.status("scoring the base model") as status:
@@ -107,7 +108,7 @@ def run_compare(
                 if cell.method == method:
                     by_config.setdefault(cell.config, []).append(scores)
             choice = choose(by_config, base_utility, options.utility_tolerance, metrics)
-            choices[method] = Choice(choice.config, choice.utility, choice.constraint, choice.qualified, tuple(on_edge(choice.config, options)))
+            choices[method] = replace(choice, edges=tuple(on_edge(choice.config, options)))
         reported = _run_cells(report_cells(options, {m: c.config for m, c in choices.items()}), base, options, output, examples, digest, batch_size, status)
     runs = {**selection, **reported}
     chosen = {method: [runs[Cell(choice.config, seed)] for seed in options.reported_on] for method, choice in choices.items()}

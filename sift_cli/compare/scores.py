@@ -23,7 +23,7 @@ from sift_cli.errors import SiftError
 from sift_cli.evaluation.lmeval import CLOZE, task_correctness
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json, write_jsonl
-from sift_cli.store.prepared import load_prepared, read_jsonl
+from sift_cli.store.prepared import PreparedData, load_prepared, read_jsonl
 
 SPLITS = ("validation", "test")
 SHINGLE_WORDS = 8
@@ -131,13 +131,14 @@ def split_clusters(clusters: list[str]) -> dict[str, list[int]]:
     return halves
 
 
-def build_examples(spec: RunSpec, tasks: list[str], directory: Path) -> dict[str, Examples]:
-    """The validation and test examples of a comparison, MCQ files split into `directory`.
+def build_examples(spec: RunSpec, tasks: list[str], directory: Path, data: PreparedData | None = None) -> dict[str, Examples]:
+    """The validation and test examples of a comparison, MCQ files split into `directory`; `data` is
+    the prepared data when the caller has already loaded (and so verified) it.
 
     Clusters are formed over all of the app's groups together, so related rows in two groups (the
     responses of one passage with and without a span) land in one half."""
     app = get_app(spec.app)
-    groups = app.compare_examples(spec, load_prepared(Path(spec.data.path), spec.app))
+    groups = app.compare_examples(spec, data or load_prepared(Path(spec.data.path), spec.app))
     flat = [(group, row) for group, rows in groups.items() for row in rows]
     labels = cluster_rows([row for _, row in flat], getattr(app, "compare_cluster", None))
     halves = split_clusters(labels)

@@ -125,7 +125,7 @@ def mean_interval(sample: Sample, resamples: int = RESAMPLES, seed: int = SEED) 
     """The configuration's mean over seeds and examples with its 95% interval (see the module docstring)."""
     mean = float(sample.scores.mean())
     if sample.seeds > 1:
-        low, high = _two_stage(sample.scores, sample.clusters, resamples, seed)
+        low, high = _two_stage(sample, resamples, seed)
         method = "two-stage bootstrap (seeds, clusters)"
     elif sample.binary and sample.n_clusters == sample.n:
         count = int(round(sample.scores.sum()))
@@ -147,7 +147,7 @@ def paired_difference(a: Sample, b: Sample, resamples: int = RESAMPLES, seed: in
     reference = float(b.scores.mean())
     relative = difference / abs(reference) if reference != 0.0 else None
     if a.seeds > 1:
-        low, high = _two_stage(diff.scores, diff.clusters, resamples, seed)
+        low, high = _two_stage(diff, resamples, seed)
         interval_method = "two-stage bootstrap (seeds, clusters)"
     elif a.binary and b.binary and a.n_clusters == a.n:
         low, high = newcombe_paired(a.scores[0].astype(bool), b.scores[0].astype(bool))
@@ -242,16 +242,13 @@ def _cluster_bootstrap(sample: Sample, resamples: int, seed: int) -> tuple[float
     raise ValueError("the cluster bootstrap gave no finite interval")
 
 
-def _two_stage(scores: np.ndarray, clusters: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+def _two_stage(sample: Sample, resamples: int, seed: int) -> tuple[float, float]:
     """Percentile interval of the mean: clusters drawn with replacement (one draw for all seeds: they
     share the examples), then seeds with replacement. A bootstrap over S seeds shrinks their spread by
     (S - 1) / S, so each resample's seed deviation is scaled back by sqrt(S / (S - 1))."""
     rng = np.random.default_rng(seed)
-    seeds = scores.shape[0]
-    n_clusters = int(clusters.max()) + 1
-    sums = np.zeros((seeds, n_clusters))
-    np.add.at(sums, (slice(None), clusters), scores)
-    sizes = np.bincount(clusters, minlength=n_clusters).astype(np.float64)
+    seeds, n_clusters = sample.seeds, sample.n_clusters
+    sums, sizes = sample.cluster_sums()
     cluster_draw = rng.integers(0, n_clusters, size=(resamples, n_clusters))
     seed_draw = rng.integers(0, seeds, size=(resamples, seeds))
     every_seed = sums[:, cluster_draw].sum(axis=2).T / sizes[cluster_draw].sum(axis=1)[:, None]
