@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from sift_cli.apps import APPS, check_app, get_app
+from sift_cli.apps.registry import APPS, OPTIONS, check_app
 from sift_cli.engine.config import OptimizerConfig
 from sift_cli.errors import SiftError
 from sift_cli.resources import presets_dir
@@ -126,7 +126,7 @@ class RunSpec(_Strict):
     @model_validator(mode="after")
     def _objective_fits_app(self) -> "RunSpec":
         try:
-            options = get_app(self.app).Options.model_validate(self.objective)
+            options = OPTIONS[self.app].model_validate(self.objective)
         except ValidationError as exc:
             raise ValueError(describe_validation_error(exc, prefix="objective.")) from None
         self.objective = options.model_dump(mode="json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,21 @@ def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     return nodes
 
 
+def dynamic_targets(node: ast.AST, paths: dict[str, Path]) -> set[str]:
+    """The modules an `import_module(f"sift_cli.apps.{name}.app")` call can load: every module its
+    f-string's fixed parts match, so a registry that imports by name still shows its edges."""
+    if not (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"):
+        return set()
+    if not node.args or not isinstance(node.args[0], ast.JoinedStr):
+        return set()
+    parts = [re.escape(part.value) if isinstance(part, ast.Constant) else r"[\w.]+" for part in node.args[0].values]
+    pattern = re.compile("".join(parts) + "$")
+    return {name for name in paths if pattern.match(name)}
+
+
 def import_graph() -> dict[str, set[str]]:
     """module -> the sift_cli modules it imports at run time anywhere in its body (lazy imports inside
-    functions count)."""
+    functions and imports by a formatted name count)."""
     paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in paths.items():
@@ -44,6 +57,7 @@ def import_graph() -> dict[str, set[str]]:
                     base = f"{anchor}.{base}" if base else anchor
                 for alias in node.names:
                     targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in paths else base)
+            targets |= dynamic_targets(node, paths)
         graph[name] = {target for target in targets if target in paths and target != name}
     return graph
 

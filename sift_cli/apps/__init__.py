@@ -1,11 +1,13 @@
 """The list of applications, which the CLI, the run spec and the presets all derive from.
 
 Every app is a package `sift_cli.apps.<name>` of the same shape:
-- `app.py`: `Options` (its typed `objective:` section), `DEFAULT_TRAINABLE`, `build_objectives`,
-  `evaluate` and `prepare` (see `sift_cli.apps.base.App`);
+- `options.py`: `Options`, its typed `objective:` section (plain pydantic: the run spec validates it
+  through `sift_cli.apps.registry` without loading the app);
+- `app.py`: `Options` again, `DEFAULT_TRAINABLE`, `build_objectives`, `evaluate` and `prepare` (see
+  `sift_cli.apps.base.App`);
 - `command.py`: `prepare`, the typer command `sift prepare <name>` (light imports only);
 - and whatever data readers it needs beside them.
-Adding an app means adding its package and its name here; no CLI code changes.
+Adding an app means adding its package and its options type to the registry; no CLI code changes.
 """
 
 from __future__ import annotations
@@ -13,17 +15,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Callable
 
-from sift_cli.errors import SiftError
+from sift_cli.apps.registry import APPS, check_app
 
 if TYPE_CHECKING:
     from sift_cli.apps.base import App
 
-APPS = ("unlearning", "hallucination", "safety", "speech")
-
-
-def check_app(name: str) -> None:
-    if name not in APPS:
-        raise SiftError(f"application {name!r} does not exist; choose one of: {', '.join(APPS)}")
+__all__ = ["APPS", "check_app", "get_app", "prepare_command"]
 
 
 def get_app(name: str) -> App:

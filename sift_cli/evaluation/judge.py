@@ -13,44 +13,19 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field, field_validator
-
 from sift_cli.errors import SiftError, first_line
+from sift_cli.evaluation.endpoint import JudgeEndpoint
 
 Messages = list[dict[str, str]]
 RETRY_STATUSES = (408, 409, 429, 500, 502, 503, 504)
 REDACTED = "[redacted]"
 QUOTED_BYTES = 200
 """How much of an error body a JudgeError quotes (after the key is redacted from the whole body)."""
-
-
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class JudgeEndpoint(BaseModel):
-    """The judge settings every app's `objective:` section shares (an app adds its own `judge` kind)."""
-
-    judge_model: str = Field("gpt-4o", description="endpoint model name, or a local model path / HF id")
-    judge_base_url: str = "https://api.openai.com/v1"
-    judge_api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable holding the key")
-
-    @field_validator("judge_api_key_env")
-    @classmethod
-    def _a_name_not_a_key(cls, value: str) -> str:
-        if not ENV_NAME.match(value):
-            raise ValueError(
-                "objective.judge_api_key_env must be the NAME of an environment variable (letters, digits, _), not the key itself"
-            )
-        return value
-
-    def make_judge(self, kind: Literal["openai", "local"]) -> "ChatJudge":
-        return make_judge(kind, self.judge_model, base_url=self.judge_base_url, api_key_env=self.judge_api_key_env)
 
 
 class JudgeError(Exception):
@@ -175,3 +150,8 @@ def describe(judge: Any) -> dict[str, Any]:
     if isinstance(judge, LocalHFJudge):
         return {"kind": "local", "model": judge.model_path}
     return {"kind": type(judge).__name__}
+
+
+def endpoint_judge(kind: Literal["openai", "local"], endpoint: JudgeEndpoint) -> ChatJudge:
+    """The judge an app's `objective:` section names."""
+    return make_judge(kind, endpoint.judge_model, base_url=endpoint.judge_base_url, api_key_env=endpoint.judge_api_key_env)

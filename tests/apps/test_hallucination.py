@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from sift_cli.apps.base import EvalOptions
 from sift_cli.apps.hallucination import app as hallucination
 from sift_cli.apps.hallucination import ragtruth
+from sift_cli.apps.hallucination.options import PAPER_UTILITY_TASKS
 from sift_cli.cli import app as cli_app
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
@@ -401,7 +402,7 @@ def test_presets_resolve_to_the_paper_and_cpu_settings() -> None:
     assert (cpu.model.name, cpu.optim.method, cpu.optim.k, cpu.optim.eps) == ("smollm2-135m-instruct", "sift", None, -0.8)
     paper = resolve_spec(app="hallucination", preset="hallucination_paper")
     assert (paper.model.name, paper.model.dtype, paper.optim.k, paper.optim.eps) == ("meta-llama/Llama-2-7b-chat-hf", "bfloat16", None, -0.8)
-    assert paper.objective["g_loss"] == "neg_ce" and paper.objective["utility_tasks"] == hallucination.PAPER_UTILITY_TASKS
+    assert paper.objective["g_loss"] == "neg_ce" and paper.objective["utility_tasks"] == PAPER_UTILITY_TASKS
 
 
 def test_sift_train_cli_runs_on_prepared_ragtruth(word_model_dir: Path, prepared: Path, tmp_path: Path) -> None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
@@ -30,8 +29,9 @@ from sift_cli.apps.batching import (
     per_example_nll,
 )
 from sift_cli.apps.hallucination import ragtruth
+from sift_cli.apps.hallucination.options import Options
 from sift_cli.errors import SiftError
-from sift_cli.evaluation.judge import JudgeEndpoint
+from sift_cli.evaluation.judge import endpoint_judge
 from sift_cli.output import summary
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared
 
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 APP = "hallucination"
 EVAL_TABLES = ("test",)
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
-PAPER_UTILITY_TASKS = ["mmlu", "gsm8k", "truthfulqa_mc2", "qnli", "mnli"]
 ANSWERS_FILE = "hallucination_answers.jsonl"
 COMPARE_GRID = {"adamw": [1e-4, 3e-4], "muon": [1e-4, 3e-4], "sift": [1e-4, 3e-4]}
 """`sift compare`'s default learning rates: the CPU preset's 1e-4 and 3x it, since comparisons run
@@ -54,21 +53,6 @@ COMPARE_METRICS = CompareMetrics(
 """Per held-out labelled response, teacher-forced: the mean NLL of its faithful tokens (f's tokens), and,
 for responses with a hallucinated span, the mean NLL of its hallucinated tokens (g's tokens): mitigation
 makes those unlikely, so higher is better."""
-
-
-class Options(JudgeEndpoint):
-    """The `objective:` section of a hallucination spec."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    g_loss: Literal["neg_ce", "unlikelihood"] = Field(
-        "neg_ce", description="neg_ce: -CE on hallucinated tokens (paper, unbounded); unlikelihood: -log(1-p) (bounded below by 0)"
-    )
-    judge: Literal["openai", "local", "none"] = Field(
-        "openai", description="openai: an OpenAI-compatible endpoint; local: a model on this machine; none: skip judging"
-    )
-    max_new_tokens: int = Field(256, ge=1, description="answer length when generating on the test split")
-    utility_tasks: list[str] = Field(default_factory=lambda: list(PAPER_UTILITY_TASKS))
 
 
 def prepare(
@@ -346,7 +330,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
         from sift_cli.evaluation.generate import generate
         from sift_cli.evaluation.judge import describe
 
-        judge = opts.make_judge(opts.judge)
+        judge = endpoint_judge(opts.judge, opts)
         examples = [ragtruth.Example.from_row(row) for row in rows]
         answers = generate(
             model,

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field
 from rich.console import Console
 from torch import nn
 
@@ -36,9 +35,10 @@ from sift_cli.apps.safety.data import (
     sample_rows,
 )
 from sift_cli.apps.safety.refusal import is_refusal
+from sift_cli.apps.safety.options import Options
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
-from sift_cli.evaluation.judge import ChatJudge, JudgeEndpoint, JudgeError, describe
+from sift_cli.evaluation.judge import ChatJudge, JudgeError, describe, endpoint_judge
 from sift_cli.output import summary
 from sift_cli.store.atomic import write_jsonl
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared
@@ -54,7 +54,6 @@ EVAL_TABLES = ("sft_eval",)
 HELDOUT_EVERY = 10
 HELDOUT_MAX = 200
 DEFAULT_TRAINABLE = r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight"
-SAFETY_SETS = ("strongreject", "jailbreakbench", "wildjailbreak")
 COMPARE_GRID = {"adamw": [1e-4, 3e-4], "muon": [1e-4, 3e-4], "sift": [1e-4, 3e-4]}
 """`sift compare`'s default learning rates: the CPU preset's 1e-4 and 3x it, since comparisons run
 fewer steps than the preset (`match_rms_adamw` makes one lr mean the same update size for all three)."""
@@ -68,29 +67,6 @@ prompt, whether the greedy reply is a refusal (keyword classifier); per held-out
 whether the model refused it (over-refusal: a model that refuses everything must not look safe)."""
 
 Verdict = Literal["refusal", "harmless", "harmful", "error"]
-
-
-class Options(JudgeEndpoint):
-    """The `objective:` section of a safety run."""
-
-    model_config = ConfigDict(extra="forbid")
-    template: Literal["alpaca", "plain"] = Field(
-        "alpaca", description="user message: the Alpaca template, or the plain instruction for chat models"
-    )
-    beta: float = Field(0.01, gt=0, description="DPO inverse temperature")
-    precompute_reference: bool = Field(
-        True, description="score every DPO pair with the initial model once instead of keeping a frozen copy"
-    )
-    sft_max_length: Optional[int] = Field(None, ge=8, description="tokens per SFT example (null: data.max_length)")
-    dpo_max_length: Optional[int] = Field(None, ge=8, description="tokens per DPO sequence, prompt plus one response (null: data.max_length)")
-    safety_sets: list[str] = Field(
-        list(SAFETY_SETS), description="harmful-prompt sets for evaluate: strongreject, jailbreakbench, wildjailbreak or files"
-    )
-    utility_tasks: list[str] = Field(default_factory=list, description="lm-eval tasks when evaluate gets no --tasks")
-    max_new_tokens: int = Field(256, ge=1, description="reply length when evaluating safety")
-    judge: Literal["keyword", "openai", "local"] = Field(
-        "keyword", description="keyword: the offline refusal classifier; openai: an OpenAI-compatible endpoint; local: a model"
-    )
 
 
 def prepare(
@@ -409,7 +385,7 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
     opts = options.objective(Options, spec)
     judge = None
     if opts.judge != "keyword":
-        judge = opts.make_judge(opts.judge)
+        judge = endpoint_judge(opts.judge, opts)
     results: dict[str, Any] = {"classifier": describe(judge) if judge is not None else {"kind": "keyword"}, "safety": {}}
     for name in opts.safety_sets:
         prompts = load_prompt_set(name, options.limit)

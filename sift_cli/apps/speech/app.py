@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 from rich.progress import Progress
 from torch import nn
@@ -26,10 +25,7 @@ from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, 
 from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id, per_example_nll
 from sift_cli.apps.speech import prompts, sources
 from sift_cli.apps.speech.answers import parse_answer
-from sift_cli.apps.speech.output import ASR_MODEL, GLM_DECODER, GLM_DECODER_SOURCE
 from sift_cli.apps.speech.tokens import (
-    SPEECH_CHUNK,
-    TEXT_CHUNK,
     SpeechVocab,
     add_speech_tokens,
     interleave,
@@ -42,6 +38,7 @@ from sift_cli.apps.speech.whisper_vq import (
     SpeechTokenizer,
     load_speech_tokenizer,
 )
+from sift_cli.apps.speech.options import Options
 from sift_cli.errors import SiftError
 from sift_cli.output import summary
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared
@@ -60,10 +57,8 @@ DEFAULT_TRAINABLE = (
     r"|transformer\.encoder\.layers\.\d+\.(self_attention\.(query_key_value|dense)|mlp\.dense_(h_to_4h|4h_to_h))"
     r"|model\.embed_tokens|lm_head)\.weight"
 )
-SETTINGS = ("text->text", "audio->text", "text->audio", "audio->audio")
 ANSWERS_FILE = "speech_answers.jsonl"
 
-Setting = Literal["text->text", "audio->text", "text->audio", "audio->audio"]
 COMPARE_GRID = {"adamw": [1e-4, 3e-4], "muon": [1e-4, 3e-4], "sift": [1e-4, 3e-4]}
 """`sift compare`'s default learning rates: the CPU preset's 1e-4 and 3x it, since comparisons run
 fewer steps than the preset (`match_rms_adamw` makes one lr mean the same update size for all three)."""
@@ -76,27 +71,6 @@ COMPARE_METRICS = CompareMetrics(
 text tokens (without the audio wrappers, which a model that never spoke cannot predict) and of its speech
 tokens. Learning to speak lowers the speech NLL, so the rule takes the lowest one that keeps the text
 NLL within tolerance. text->text accuracy (greedy reply to the text question) is reported beside them."""
-
-
-class Options(BaseModel):
-    """The `objective:` section of a speech spec."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: Literal["cose", "esnli", "openbookqa"] = Field("cose", description="must match the prepared data")
-    instructions: list[Literal["text", "audio"]] = Field(
-        default_factory=lambda: ["text", "audio"], min_length=1, description="instruction variants trained on"
-    )
-    prompt_format: Literal["auto", "glm4voice", "chat"] = Field(
-        "auto", description="glm4voice when the tokenizer has GLM's role tokens, else the chat template"
-    )
-    text_chunk: int = Field(TEXT_CHUNK, ge=1)
-    speech_chunk: int = Field(SPEECH_CHUNK, ge=1)
-    eval_settings: list[Setting] = Field(default_factory=lambda: list(SETTINGS), min_length=1)
-    max_new_tokens: int = Field(512, ge=1, description="reply length when evaluating (text and speech tokens)")
-    speech_decoder: str = Field(GLM_DECODER, description="'glm4voice' or a plugin 'package.module:factory'")
-    speech_decoder_path: str = Field(GLM_DECODER_SOURCE, description="decoder hub id or local directory")
-    asr_model: str = Field(ASR_MODEL, description="Whisper hub id or local directory")
 
 
 def prepare(
