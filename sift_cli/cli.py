@@ -122,36 +122,36 @@ def train(
         import os
 
         from sift_cli.memory import print_memory
-        from sift_cli.plan import print_dry_run
+        from sift_cli.training.plan import print_dry_run
 
         count = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
         if count < 1:
             raise SiftError(f"--processes {count} must be at least 1")
         print_memory(spec, print_dry_run(spec, console), console, gpu_memory, count)
         return
-    from sift_cli.train import train as run_training
+    from sift_cli import api
 
-    run_training(spec, console=console)
+    api.train(spec, console=console)
 
 
 def _resume(path: Path, steps: Optional[int], lr: Optional[float], dry_run: bool) -> None:
     """`sift train --resume`: continue a run, with more steps or a new learning rate if asked; a dry run
     prints what would happen and writes nothing."""
+    from sift_cli import api
     from sift_cli.store.rundir import RunDir
-    from sift_cli.train import latest_checkpoint, resume_changes
-    from sift_cli.train import train as run_training
+    from sift_cli.training import latest_checkpoint, resume_changes
 
     run = RunDir.open(path)
     spec, changes = resume_changes(run.load_spec(), steps=steps, lr=lr)
     if dry_run:
-        from sift_cli.plan import print_dry_run
+        from sift_cli.training.plan import print_dry_run
 
         print_dry_run(spec, console)
         checkpoint = latest_checkpoint(run)
         changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()) or "nothing"
         console.print(f"would resume {run.path} from {checkpoint.name if checkpoint else 'the start'}, changing {changed}")
         return
-    run_training(spec, console=console, resume=True, changes=changes)
+    api.resume(path, steps=steps, lr=lr, console=console)
 
 
 @app.command()
@@ -163,11 +163,10 @@ def evaluate(
     batch_size: int = typer.Option(8, help="evaluation batch size"),
 ) -> None:
     """Evaluate a trained run: the app's metrics and lm-eval utility tasks, written to run_dir/eval/."""
-    from sift_cli.apps.base import EvalOptions
-    from sift_cli.evaluation.evaluate import evaluate_run
+    from sift_cli import api
 
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    evaluate_run(run_dir, EvalOptions(tasks=task_list, limit=limit, batch_size=batch_size), console=console)
+    api.evaluate(run_dir, tasks=task_list, limit=limit, batch_size=batch_size, console=console)
 
 
 @app.command()
@@ -200,24 +199,16 @@ def compare(
     output: Path = typer.Option(..., "--output", "-o", help="the comparison directory (new, or an interrupted comparison to continue)"),
 ) -> None:
     """Compare methods on one task: choose each method's configuration on validation, report test metrics over seeds with intervals and exact tests."""
-    from pydantic import ValidationError
-
-    from sift_cli.apps import get_app
-    from sift_cli.compare.grid import CompareOptions
-    from sift_cli.compare.run import run_compare
-    from sift_cli.spec import describe_validation_error, resolve_spec
+    from sift_cli import api
+    from sift_cli.spec import resolve_spec
 
     base = resolve_spec(app=app_name, preset=preset, config=config, assignments=assignments)
-    grid = dict(parse_method(text) for text in methods) or getattr(get_app(base.app), "COMPARE_GRID", {})
-    try:
-        options = CompareOptions(
-            grid=grid, axes=parse_axes(axes), seeds=parse_ints(seeds, "--seeds"), steps=steps, utility_tolerance=tolerance, reference=reference,
-            report_seeds=None if report_seeds is None else parse_ints(report_seeds, "--report-seeds"),
-        )
-    except ValidationError as exc:
-        raise SiftError(describe_validation_error(exc)) from None
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else []
-    run_compare(base, options, output, task_list, console=console)
+    api.compare(
+        base, output, grid=dict(parse_method(text) for text in methods) or None, axes=parse_axes(axes), seeds=parse_ints(seeds, "--seeds"),
+        report_seeds=None if report_seeds is None else parse_ints(report_seeds, "--report-seeds"), steps=steps, tasks=task_list,
+        tolerance=tolerance, reference=reference, console=console,
+    )  # fmt: skip
 
 
 def parse_method(text: str) -> tuple[str, list[float]]:

@@ -9,6 +9,7 @@ training: every number is recomputed from whatever the logs hold now.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from rich.table import Table
 from sift_cli.errors import SiftError
 from sift_cli.output import summary
 from sift_cli.store.atomic import write_text, write_with
-from sift_cli.store.rundir import ALIGNMENT, RunDir
+from sift_cli.store.rundir import ALIGNMENT, SPEC, TRAINER_SETTINGS, RunDir
 
 ENERGY_LEVELS = (0.90, 0.95, 0.99)
 COMPONENT_ORDER = ("q", "k", "v", "qkv", "qkv.q", "qkv.k", "qkv.v", "o", "gate", "up", "down")
@@ -138,27 +139,41 @@ def run_names(paths: list[Path]) -> list[str]:
     return [f"{p.parent.name}-{p.name}" if names.count(p.name) > 1 else p.name for p in resolved]
 
 
-def load_run(path: Path, name: str) -> RunLog:
+def run_settings(path: Path) -> tuple[RunDir, dict[str, Any], int | None]:
+    """The run (a `sift train` run directory, or a `SiftTrainer` output directory), its optimizer
+    settings and its planned steps."""
+    trainer_settings = Path(path) / TRAINER_SETTINGS
+    if not (Path(path) / SPEC).is_file() and trainer_settings.is_file():
+        try:
+            settings = json.loads(trainer_settings.read_text(encoding="utf-8"))
+            return RunDir(Path(path)), dict(settings["optim"]), int(settings["steps"])
+        except (ValueError, KeyError, TypeError):
+            raise SiftError(f"{trainer_settings} is damaged; it is rewritten when the SiftTrainer run is resumed") from None
     run = RunDir.open(path)
+    spec = run.load_spec()
+    return run, vars(spec.optim), spec.train.steps
+
+
+def load_run(path: Path, name: str) -> RunLog:
+    run, optim, steps = run_settings(path)
     alignment = run.read_alignment()
     if alignment.empty:
         raise SiftError(
             f"{path} has no alignment records ({ALIGNMENT} is missing or empty); "
             "wait until `sift train` has logged a step, or pass another run"
         )
-    spec = run.load_spec()
     alignment["tau"] = pd.to_numeric(alignment["tau"], errors="coerce")
     alignment["component"] = alignment["component"].astype(str)
-    alignment["conflict"] = alignment["tau"] < spec.optim.eps
+    alignment["conflict"] = alignment["tau"] < optim["eps"]
     alignment["fired"] = alignment["branch"].eq("sift")
     return RunLog(
         name=name,
         run=run,
-        eps=spec.optim.eps,
-        method=spec.optim.method,
-        tau_source=spec.optim.tau_source,
-        total_steps=spec.train.steps,
-        k=spec.optim.k,
+        eps=optim["eps"],
+        method=optim["method"],
+        tau_source=optim["tau_source"],
+        total_steps=steps,
+        k=optim["k"],
         alignment=alignment,
         spectra=run.read_spectra(),
     )

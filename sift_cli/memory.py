@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 from sift_cli.engine.optimizer import SUBSPACE_CACHES
 from sift_cli.errors import SiftError
-from sift_cli.plan import optimizer_config, select_trainable, trainable_regex
+from sift_cli.training.plan import optimizer_config, select_trainable, trainable_regex
 from sift_cli.resources import configs_dir
 from sift_cli.spec import RunSpec
 

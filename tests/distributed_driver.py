@@ -11,20 +11,20 @@ import sys
 
 import torch
 
-from sift_cli import train
+from sift_cli.training.trainer import Trainer
 from sift_cli.cli import main
 
 torch.set_num_threads(1)
 kill_at = int(os.environ.get("SIFT_TEST_KILL_AT", "0"))
-save = train.Trainer.save_checkpoint
+save = Trainer.save_checkpoint
 
 
-def save_then_die(self: train.Trainer) -> None:
+def save_then_die(self: Trainer) -> None:
     save(self)
     if self.step == kill_at and self.ranks.main:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-train.Trainer.save_checkpoint = save_then_die
+Trainer.save_checkpoint = save_then_die
 sys.argv = ["sift", *sys.argv[1:]]
 main()

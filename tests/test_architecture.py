@@ -96,3 +96,11 @@ def test_nothing_reaches_up_into_the_cli() -> None:
     assert [name for name, targets in graph.items() if "sift_cli.cli" in targets] == []
     assert all(not target.startswith("sift_cli.") or target.startswith("sift_cli.engine") for target in
                set().union(*(graph[name] for name in graph if name.startswith("sift_cli.engine"))))
+
+
+def test_the_training_path_is_small_modules() -> None:
+    """The loop, its transactions, checkpoints and launch glue, and the engine: each file one job,
+    none so long that a reader loses the thread."""
+    long = {str(path.relative_to(PACKAGE)): n for folder in ("training", "engine") for path in (PACKAGE / folder).rglob("*.py")
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400}
+    assert long == {}

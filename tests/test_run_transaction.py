@@ -144,10 +144,10 @@ def test_the_lock_is_exclusive_and_a_dead_holder_leaves_no_lock(tmp_path) -> Non
 HOLDER = """
 import os, sys, time
 from pathlib import Path
-from sift_cli import train
+from sift_cli.training.trainer import Trainer
 from sift_cli.cli import main
 
-step = train.Trainer.train_step
+step = Trainer.train_step
 
 def step_then_wait(self):
     out = step(self)
@@ -160,7 +160,7 @@ def step_then_wait(self):
             time.sleep(0.05)
     return out
 
-train.Trainer.train_step = step_then_wait
+Trainer.train_step = step_then_wait
 sys.argv = ["sift", *sys.argv[1:]]
 main()
 """

@@ -100,7 +100,7 @@ def test_every_engine_setting_is_reachable_from_the_spec() -> None:
     from dataclasses import fields
 
     from sift_cli.engine import OptimizerConfig
-    from sift_cli.plan import optimizer_config
+    from sift_cli.training.plan import optimizer_config
 
     engine = optimizer_config(spec.optim)
     assert type(engine) is OptimizerConfig

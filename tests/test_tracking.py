@@ -10,7 +10,7 @@ import pytest
 from test_train import data_dir, invoke, train_args  # noqa: F401  (data_dir is a fixture)
 
 from sift_cli.store.rundir import RunDir
-from sift_cli.tracking import conflict_share
+from sift_cli.training.tracking import conflict_share
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:

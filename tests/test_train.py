@@ -150,12 +150,12 @@ def test_commands_on_something_that_is_not_a_run_directory(tmp_path) -> None:
 
 KILLER = """
 import os, signal, sys
-from sift_cli import train
+from sift_cli.training.trainer import Trainer
 from sift_cli.cli import main
 
 stop_at, how = int(os.environ["SIFT_TEST_STOP_AT"]), os.environ["SIFT_TEST_HOW"]
-save = train.Trainer.save_checkpoint
-step = train.Trainer.train_step
+save = Trainer.save_checkpoint
+step = Trainer.train_step
 
 def save_then_die(self):
     save(self)
@@ -168,8 +168,8 @@ def step_then_interrupt(self):
         os.kill(os.getpid(), signal.SIGINT)
     return out
 
-train.Trainer.save_checkpoint = save_then_die
-train.Trainer.train_step = step_then_interrupt
+Trainer.save_checkpoint = save_then_die
+Trainer.train_step = step_then_interrupt
 sys.argv = ["sift", *sys.argv[1:]]
 main()
 """

@@ -115,7 +115,8 @@ def training_streams(
     from sift_cli.demo.run import write_demo_data
     from sift_cli.spec import resolve_spec
     from sift_cli.store.rundir import RunDir
-    from sift_cli.train import Trainer, make_accelerator
+    from sift_cli.training.launch import make_accelerator
+    from sift_cli.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory(prefix="sift-streams-") as tmp:
         data, _ = write_demo_data(Path(tmp) / "data")

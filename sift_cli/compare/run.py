@@ -144,7 +144,7 @@ def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, 
         status.update(f"{counter} POME edit of {trained.name}")
         pome_run(runs / trained.name, run_dir, options.pome_rank_fraction, console=quiet)
         return run_dir
-    from sift_cli.train import train
+    from sift_cli.training import train
 
     spec = cell_spec(base, cell, runs, options.steps)
     resume = (run_dir / "spec.yaml").is_file()

@@ -101,6 +101,9 @@ class SiftOptimizer(torch.optim.Optimizer):
         """Per parameter, the state entries a step updates in place (see _ensure_state)."""
         self.sharded = ShardedStep(self) if is_sharded(self._params()) else None
         """Parameters sharded by FSDP2 (DTensors) step through the owner-rank exchange of ShardedStep."""
+        self.last_report: StepReport | None = None
+        """The newest step's report, for callers that step through a wrapper which drops step()'s
+        return value (accelerate's AcceleratedOptimizer under a transformers Trainer)."""
 
     def _params(self) -> list[nn.Parameter]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -184,7 +187,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         grads_g = [self._take("g", p) for _, p in members]
         if self.sharded is not None:
             blocks = self.sharded.step(members, grads_f, grads_g, BlockReport)
-            return StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=sum(b.branch == "sift" for b in blocks))
+            self.last_report = StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=sum(b.branch == "sift" for b in blocks))
+            return self.last_report
         combined = blur_combine(grads_f, grads_g, cfg.blur_alpha) if cfg.method == "blur" else []
         blocks = []
         for i, (group, p) in enumerate(members):
@@ -202,7 +206,8 @@ class SiftOptimizer(torch.optim.Optimizer):
         if any(p.is_cuda for _, p in members):
             torch.cuda.synchronize()
         n_sift = sum(block.branch == "sift" for block in blocks)
-        return StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=n_sift)
+        self.last_report = StepReport(seconds=time.perf_counter() - start, blocks=blocks, n_sift=n_sift)
+        return self.last_report
 
     def _momentum(self, state: dict, key: str, grad: Tensor) -> Tensor:
         """B <- beta B + G in fp32 (stored back in the buffer's dtype); returns the momentum this step

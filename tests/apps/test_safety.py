@@ -397,7 +397,7 @@ def test_train_and_evaluate_a_tiny_run(tiny_model_dir: Path, prepared: Path, tmp
     from rich.console import Console
 
     from sift_cli.evaluation.evaluate import evaluate_run
-    from sift_cli.train import train
+    from sift_cli.training import train
 
     prompts = write_jsonl(tmp_path / "held_out.jsonl", [{"prompt": p} for p in HARMFUL_PROMPTS])
     spec = validate_spec(

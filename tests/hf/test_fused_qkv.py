@@ -9,7 +9,7 @@ from torch import nn
 from sift_cli.errors import SiftError
 from sift_cli.hf import fused_qkv as qkv
 from sift_cli.hf import naming
-from sift_cli.plan import plan_routes
+from sift_cli.training.plan import plan_routes
 from sift_cli.spec import OptimSpec, resolve_spec
 
 GLM_VOICE_CONFIG = {
@@ -58,7 +58,7 @@ def test_dry_run_plan_lists_the_qkv_blocks_and_sizes_their_caches() -> None:
     from sift_cli.engine import SiftOptimizer
     from sift_cli.engine.linalg import sketch_width
     from sift_cli.memory import layout_bytes
-    from sift_cli.plan import optimizer_config, plan
+    from sift_cli.training.plan import optimizer_config, plan
 
     class TinyGlm(nn.Module):
         def __init__(self) -> None:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, first_line
+from sift_cli.spec import RunSpec
+from sift_cli.training import tracking
 
 T = TypeVar("T")
 
@@ -105,3 +108,23 @@ def process_group_closed() -> Iterator[None]:
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def make_accelerator(spec: RunSpec, run_path: Path) -> Any:
+    """The run's accelerator (it joins the launcher's process group); CPU unless CUDA is asked for or,
+    under train.device=auto, present."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if spec.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SiftError(f"train.device={spec.train.device} but no CUDA device is visible; use auto or cpu")
+    cpu = spec.train.device == "cpu" or (spec.train.device == "auto" and not torch.cuda.is_available())
+    # Buffers (rotary tables) are identical on every rank: broadcasting them at every forward is waste.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    check_launch()
+    try:
+        accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp], **tracking.accelerator_kwargs(spec.train.report_to, run_path))
+    except (ValueError, RuntimeError) as exc:
+        raise SiftError(f"cannot join the launcher's processes ({first_line(exc, 160)}); {LAUNCH_HINT}") from None
+    check_launch(accelerator.num_processes)
+    return accelerator

@@ -1,0 +1,78 @@
+"""SiftTrainer: a transformers Trainer that takes the same steps as `sift train`, resumes bit-exactly
+from its own checkpoints, and leaves an output directory `sift localize` reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train import FORGET, RETAIN, TRAINABLE, invoke, train_args
+
+from helpers import prepare_unlearning
+from sift_cli.spec import resolve_spec
+from sift_cli.store.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return prepare_unlearning(tmp_path_factory.mktemp("trainer-data"), FORGET, RETAIN)
+
+
+def spec_for(tiny_model_dir: Path, data_dir: Path, output: Path, steps: int):
+    return resolve_spec(app="unlearning", overrides={
+        "model.name": str(tiny_model_dir), "data.path": str(data_dir), "output": str(output), "optim.k": 4, "optim.lr": 0.02,
+        "objective.layer": 1, "train.trainable": TRAINABLE, "train.batch_size": 2, "data.max_length": 32,
+        "objective.steering_coeff": 20, "train.steps": steps, "train.device": "cpu",
+    })  # fmt: skip
+
+
+def trained(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "model.safetensors")
+
+
+def run_trainer(spec, **arguments):
+    from sift_cli.api import SiftTrainer
+
+    resume = arguments.pop("resume", None)
+    trainer = SiftTrainer.from_spec(spec, save_strategy="steps", disable_tqdm=True, **arguments)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()
+    return trainer
+
+
+def test_sift_trainer_takes_the_steps_sift_train_takes(tiny_model_dir, data_dir, tmp_path) -> None:
+    cli_run = tmp_path / "cli"
+    result = invoke(*train_args(tiny_model_dir, data_dir, cli_run, "--steps", "3", "--set", "train.device=cpu"))
+    assert result.exit_code == 0, result.output
+    run_trainer(spec_for(tiny_model_dir, data_dir, tmp_path / "trainer", 3))
+    expected, got = trained(cli_run / "model"), trained(tmp_path / "trainer")
+    changed = [name for name in expected if not torch.equal(expected[name], load_file(tiny_model_dir / "model.safetensors")[name])]
+    assert changed and all("mlp.down_proj" in name for name in changed)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    cli_align, trainer_align = RunDir(cli_run).read_alignment(), RunDir(tmp_path / "trainer").read_alignment()
+    assert list(trainer_align["branch"]) == list(cli_align["branch"])
+    torch.testing.assert_close(torch.tensor(trainer_align["tau"].to_numpy()), torch.tensor(cli_align["tau"].to_numpy()), rtol=1e-4, atol=1e-5)
+    cli_losses = RunDir(cli_run).read_metrics()[["loss_f", "loss_g"]].to_numpy()
+    trainer_losses = RunDir(tmp_path / "trainer").read_metrics()[["loss_f", "loss_g"]].to_numpy()
+    torch.testing.assert_close(torch.tensor(trainer_losses), torch.tensor(cli_losses), rtol=1e-5, atol=1e-6)
+
+    result = invoke("localize", str(tmp_path / "trainer"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "trainer" / "plots" / "tau_layers.png").is_file()
+
+
+def test_a_trainer_checkpoint_resumes_bit_exactly(tiny_model_dir, data_dir, tmp_path) -> None:
+    straight = tmp_path / "straight"
+    run_trainer(spec_for(tiny_model_dir, data_dir, straight, 4), save_steps=4)
+    interrupted = tmp_path / "interrupted"
+    run_trainer(spec_for(tiny_model_dir, data_dir, interrupted, 4), save_steps=2)
+    state = torch.load(interrupted / "checkpoint-2" / "optimizer.pt", weights_only=True)
+    assert any({"momentum_f", "momentum_g"} <= set(entry) for entry in state["state"].values())
+    run_trainer(spec_for(tiny_model_dir, data_dir, interrupted, 4), save_steps=2, resume=str(interrupted / "checkpoint-2"))
+    expected, got = trained(straight), trained(interrupted)
+    assert all(torch.equal(got[name], tensor) for name, tensor in expected.items())
+    columns = ["step", "block", "tau", "branch"]
+    assert RunDir(interrupted).read_alignment()[columns].equals(RunDir(straight).read_alignment()[columns])
