@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 from sift_cli.engine.optimizer import SUBSPACE_CACHES
 from sift_cli.errors import SiftError
-from sift_cli.training.plan import optimizer_config, select_trainable, trainable_regex
+from sift_cli.training.plan import meta_model, optimizer_config, run_optimizer_config, select_trainable, select_trained, trainable_regex
 from sift_cli.resources import configs_dir
-from sift_cli.spec import RunSpec
+from sift_cli.spec import LoraSpec, RunSpec
 
 MODEL_CONFIGS = configs_dir() / "models"
 """<name>/config.json of the paper's models (shapes only), in the top-level configs/ (and the wheel)."""
@@ -356,8 +356,8 @@ def memory_estimate(spec: RunSpec, model: torch.nn.Module, processes: int = 1) -
     """Per-device memory of `spec` on `model` (a meta model: nothing is allocated). Activations are
     those of one micro-batch of the larger objective: a DPO pair is two sequences (safety), and RMU
     stops at the steered layer and keeps a frozen copy of the layers up to it (unlearning)."""
-    named = select_trainable(model, trainable_regex(spec))
-    cfg = optimizer_config(spec.optim, getattr(model, "config", None))
+    named = select_trained(model, spec)
+    cfg = run_optimizer_config(spec, model)
     rows = spec.train.batch_size * (2 if spec.app == "safety" else 1)
     stop = spec.objective.get("layer") if spec.app == "unlearning" else None
     frozen = 0
@@ -397,9 +397,14 @@ def print_memory(
             console.print(f"fits one {gpu_memory} GPU: {est.peak / GiB:,.1f} GiB of {budget / GiB:,.0f} GiB")
         else:
             console.print(f"[red]does not fit[/red] one {gpu_memory} GPU: needs {est.peak / GiB:,.1f} GiB. To change:")
-            named = select_trainable(model, trainable_regex(spec))
-            cfg = optimizer_config(spec.optim, getattr(model, "config", None))
-            for flag, saved in savings(est, model, named, cfg):
+            named = select_trained(model, spec)
+            cfg = run_optimizer_config(spec, model)
+            options = savings(est, model, named, cfg)
+            if spec.train.lora is None:
+                adapted = spec.model_copy(update={"train": spec.train.model_copy(update={"lora": LoraSpec()})})
+                lora = memory_estimate(adapted, meta_model(adapted), processes)
+                options.append((f"--set train.lora.rank={LoraSpec().rank} (LoRA adapters instead of the weights)", est.peak - lora.peak))
+            for flag, saved in sorted(options, key=lambda item: -item[1]):
                 console.print(f"  {flag}: saves {saved / GiB:,.1f} GiB")
             console.print("  or shard the run across GPUs: --set train.parallel=fsdp2 with --processes N (see README)")
     return est

@@ -43,8 +43,13 @@ def pome_run(
     console = console or Console()
     source = RunDir.open(run_dir)
     spec = source.load_spec()
-    if not (source.model_dir / "config.json").is_file():
+    if not source.has_model():
         raise SiftError(f"{source.path} has no trained model yet (no model/); finish it with `sift train --resume {source.path}`")
+    if spec.train.lora is not None:
+        raise SiftError(
+            f"{source.path} trained LoRA adapters (rank {spec.train.lora.rank}): their change is low-rank already and POME "
+            "edits full weight changes; run POME on a full fine-tuning run"
+        )
     if not 0.0 < rank_fraction <= 1.0:
         raise SiftError(f"--rank-fraction {rank_fraction} must be in (0, 1]")
     check_target(output, source)

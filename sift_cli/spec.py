@@ -73,6 +73,20 @@ class OptimSpec(OptimizerConfig):
         return found
 
 
+class LoraSpec(_Strict):
+    """Train low-rank adapters (peft's LoRA) instead of the weights themselves: each adapted matrix W
+    gets factors B (out x rank) and A (rank x in), W + (alpha / rank) B A, and only the factors train.
+    The spectral optimizers treat each factor as one block; SIFT's top-K is at most the rank."""
+
+    rank: int = Field(16, ge=1, description="rank r of the factors")
+    alpha: float = Field(32.0, gt=0, description="scale numerator: the update is (alpha / r) B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: Optional[str] = Field(
+        None, description="regex of module names to adapt, matched whole (null: the linear modules whose weight train.trainable selects)"
+    )
+    merge: bool = Field(False, description="also write the merged full model to model/merged/ (plain transformers, no peft needed)")
+
+
 class TrainSpec(_Strict):
     steps: int = Field(100, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -93,6 +107,7 @@ class TrainSpec(_Strict):
         description="under several processes: ddp (replicated model, gradients averaged by DDP) or fsdp2 "
         "(parameters, gradients and optimizer state sharded); batch_size stays per process",
     )
+    lora: Optional[LoraSpec] = Field(None, description="train LoRA adapters instead of the weights (null: full fine-tuning)")
     report_to: Literal["none", "tensorboard", "wandb"] = Field(
         "none", description="also send metrics to an experiment tracker (accelerate's trackers); none: metrics.jsonl only"
     )
@@ -107,6 +122,13 @@ class TrainSpec(_Strict):
                 problems.append(f"trainable={self.trainable!r} is not a valid regular expression ({exc}); fix the pattern")
         if not DEVICE.match(self.device):
             problems.append(f"device={self.device!r} is not a device; use auto, cpu, cuda or cuda:N")
+        if self.lora is not None and self.parallel == "fsdp2":
+            problems.append("lora with parallel=fsdp2 is not supported; use parallel=ddp (the adapters' state is small on every rank)")
+        if self.lora is not None and self.lora.target_modules is not None:
+            try:
+                re.compile(self.lora.target_modules)
+            except re.error as exc:
+                problems.append(f"lora.target_modules={self.lora.target_modules!r} is not a valid regular expression ({exc}); fix the pattern")
         if problems:
             raise ValueError("\n".join(problems))
         return self

@@ -132,14 +132,14 @@ def _run_cells(
 def _ensure_run(cell: Cell, base: RunSpec, options: CompareOptions, runs: Path, status: Any, counter: str) -> Path:
     """The finished run directory of `cell`: trained, resumed, or POME-edited as needed."""
     run_dir = runs / cell.name
-    if (run_dir / "model" / "config.json").is_file():
+    if RunDir(run_dir).has_model():
         return run_dir
     quiet = Console(quiet=True)
     if cell.method == POME:
         from sift_cli.pome import pome_run
 
         trained = Cell(cell.config.trained(), cell.seed)
-        if not (runs / trained.name / "model" / "config.json").is_file():
+        if not RunDir(runs / trained.name).has_model():
             _ensure_run(trained, base, options, runs, status, counter)
         status.update(f"{counter} POME edit of {trained.name}")
         pome_run(runs / trained.name, run_dir, options.pome_rank_fraction, console=quiet)

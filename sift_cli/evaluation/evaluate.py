@@ -67,7 +67,7 @@ def evaluate_run(run_dir: Path, options: EvalOptions, console: Console | None = 
     console = console or Console()
     run = RunDir.open(run_dir)
     spec = run.load_spec()
-    if not (run.model_dir / "config.json").is_file():
+    if not run.has_model():
         raise SiftError(f"{run.path} has no trained model yet (no model/); finish it with `sift train --resume {run.path}`")
     check_options(options)
     with locked(run.path, "evaluate it"):

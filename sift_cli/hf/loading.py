@@ -16,6 +16,7 @@ import torch
 
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import hub
+from sift_cli.hf.lora import is_adapter, merged
 from sift_cli.spec import DEFAULT_MODEL, ModelSpec
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -92,6 +93,8 @@ def load_model(spec: ModelSpec, path: str | None = None) -> torch.nn.Module:
     """A causal LM in the spec's dtype, loaded from safetensors only; remote code only when the spec asks."""
     from transformers import AutoModelForCausalLM
 
+    if path is not None and is_adapter(Path(path)):
+        return merged(load_model(spec), Path(path))
     source = path or resolve_model_path(spec)
     try:
         return AutoModelForCausalLM.from_pretrained(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+_LORA = re.compile(r"\.lora_([AB])\.[^.]+\.weight$")
+"""A LoRA factor's weight, `....down_proj.lora_A.default.weight`: labelled by its module and factor, `down.A`."""
 
 COMPONENTS = {
     "q_proj": "q",
@@ -31,8 +33,12 @@ def component(name: str) -> str:
     """Short component label (q, k, v, o, gate, up, down, qkv...) of a parameter name.
 
     Falls back to the module's own name so unknown architectures still get a readable label. A row slice
-    of a fused matrix, `...query_key_value.weight[q]`, is labelled by both: `qkv.q`.
+    of a fused matrix, `...query_key_value.weight[q]`, is labelled by both: `qkv.q`; a LoRA factor by its
+    module and factor: `down.A`.
     """
+    adapter = _LORA.search(name)
+    if adapter:
+        return f"{component(name[: adapter.start()] + '.weight')}.{adapter.group(1)}"
     if name.endswith("]") and "[" in name:
         base, label = name[:-1].rsplit("[", 1)
         return f"{component(base)}.{label}"

@@ -108,6 +108,10 @@ class RunDir:
     def model_dir(self) -> Path:
         return self.path / MODEL
 
+    def has_model(self) -> bool:
+        """model/ holds a finished model: full weights, or a LoRA run's adapter."""
+        return (self.model_dir / "config.json").is_file() or (self.model_dir / "adapter_config.json").is_file()
+
     @property
     def data_dir(self) -> Path:
         return self.path / DATA

@@ -22,21 +22,46 @@ from sift_cli.engine import OptimizerConfig, Route, route_parameters
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf import fused_qkv
 from sift_cli.hf.loading import DTYPES, resolve_model_path
+from sift_cli.hf.lora import ADAPTER_PARAMETERS, add_adapters
 from sift_cli.spec import OptimSpec, RunSpec
 
 
-def optimizer_config(optim: OptimSpec, model_config: Any = None) -> OptimizerConfig:
+def optimizer_config(optim: OptimSpec, model_config: Any = None, rank: int | None = None) -> OptimizerConfig:
     """The engine's config of a spec's optim section; a fused query_key_value matrix of `model_config`
     (GLM) is split into its Q, K and V row blocks unless optim.split_fused_qkv is false (splits given in
-    optim.block_splits win over the detected ones)."""
+    optim.block_splits win over the detected ones). `rank`: a LoRA run's factor rank, which caps K (a
+    factor has no more than `rank` singular directions)."""
     settings = {item.name: getattr(optim, item.name) for item in fields(OptimizerConfig)}
     detected = fused_qkv.block_splits(model_config) if optim.split_fused_qkv and model_config is not None else {}
     settings["block_splits"] = {**{pattern: tuple(rows) for pattern, rows in detected.items()}, **optim.block_splits}
+    if rank is not None and settings["k"] is not None:
+        settings["k"] = min(settings["k"], rank)
     return OptimizerConfig(**settings)
+
+
+def run_optimizer_config(spec: RunSpec, model: nn.Module) -> OptimizerConfig:
+    """The engine's config of a run on `model` (its fused matrices, its LoRA rank)."""
+    return optimizer_config(spec.optim, getattr(model, "config", None), lora_rank(spec))
+
+
+def lora_rank(spec: RunSpec) -> int | None:
+    return spec.train.lora.rank if spec.train.lora is not None else None
 
 
 def trainable_regex(spec: RunSpec) -> str:
     return spec.train.trainable or get_app(spec.app).DEFAULT_TRAINABLE
+
+
+def with_adapters(model: nn.Module, spec: RunSpec) -> nn.Module:
+    """The model a run trains: itself, or under train.lora with LoRA factors on the modules it targets."""
+    if spec.train.lora is None:
+        return model
+    return add_adapters(model, spec.train.lora, trainable_regex(spec))
+
+
+def select_trained(model: nn.Module, spec: RunSpec) -> list[tuple[str, nn.Parameter]]:
+    """Freeze all but what the run trains (the trainable regex's matches, or the LoRA factors); return those."""
+    return select_trainable(model, ADAPTER_PARAMETERS if spec.train.lora is not None else trainable_regex(spec))
 
 
 def select_trainable(model: nn.Module, pattern: str) -> list[tuple[str, nn.Parameter]]:
@@ -52,14 +77,15 @@ def select_trainable(model: nn.Module, pattern: str) -> list[tuple[str, nn.Param
     return named
 
 
-def plan_routes(named: Sequence[tuple[str, nn.Parameter]], optim: OptimSpec, model_config: Any) -> list[Route]:
+def plan_routes(named: Sequence[tuple[str, nn.Parameter]], optim: OptimSpec, model_config: Any, rank: int | None = None) -> list[Route]:
     """Every trained parameter's route, after checking that SIFT's top-K subspaces exist in every
-    candidate block (a row slice of a fused matrix included): K <= min(m, n)."""
+    candidate block (a row slice of a fused matrix included): K <= min(m, n). Under LoRA K is capped at
+    the rank, which every factor block allows."""
     try:
-        routes = route_parameters(list(named), optimizer_config(optim, model_config))
+        routes = route_parameters(list(named), optimizer_config(optim, model_config, rank))
     except ValueError as exc:
         raise SiftError(f"{exc}; set optim.split_fused_qkv: false to train the fused matrix as one block") from None
-    if optim.method != "sift" or optim.k is None:
+    if optim.method != "sift" or optim.k is None or rank is not None:
         return routes
     for route in routes:
         if route.kind != "spectral" or not route.candidate:
@@ -96,13 +122,13 @@ def meta_model(spec: RunSpec) -> torch.nn.Module:
         raise SiftError(f"cannot read the config of model {source!r}: {reason[:200]}; check the id or path") from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
-    return model.to(DTYPES[spec.model.dtype])
+    return with_adapters(model.to(DTYPES[spec.model.dtype]), spec)
 
 
 def plan(spec: RunSpec, model: torch.nn.Module) -> list[PlanRow]:
     """Every parameter with its route: spectral (Muon/SIFT), AdamW, or frozen."""
-    named = select_trainable(model, trainable_regex(spec))
-    routes = {route.name: route for route in plan_routes(named, spec.optim, getattr(model, "config", None))}
+    named = select_trained(model, spec)
+    routes = {route.name: route for route in plan_routes(named, spec.optim, getattr(model, "config", None), lora_rank(spec))}
     rows = []
     for name, param in model.named_parameters():
         route = routes.get(name)
@@ -122,7 +148,9 @@ def print_dry_run(spec: RunSpec, console: Console) -> torch.nn.Module:
     console.print(spec.to_yaml(), markup=False, highlight=False)
     model = meta_model(spec)
     rows = plan(spec, model)
-    table = Table(title=f"routing ({spec.optim.method}, trainable = {trainable_regex(spec)!r})")
+    lora = spec.train.lora
+    adapted = f", LoRA r={lora.rank} on the modules it selects" if lora is not None else ""
+    table = Table(title=f"routing ({spec.optim.method}, trainable = {trainable_regex(spec)!r}{adapted})")
     for column in ("parameter", "shape", "route", "SIFT candidate"):
         table.add_column(column)
     for row in rows:

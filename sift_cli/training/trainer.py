@@ -17,6 +17,7 @@ from sift_cli.engine import Route, SiftOptimizer, StepReport
 from sift_cli.engine.distributed import local as local_part
 from sift_cli.errors import SiftError, first_line
 from sift_cli.hf.loading import load_model, load_tokenizer
+from sift_cli.hf.lora import MERGED, merged, save_adapter
 from sift_cli.spec import RunSpec
 from sift_cli.store.prepared import PreparedData, load_prepared
 from sift_cli.store.rundir import RunDir
@@ -26,7 +27,7 @@ from sift_cli.training.checkpoints import checkpoint_path, prune_checkpoints, re
 from sift_cli.training.launch import Ranks
 from sift_cli.training.objectives import ObjectiveModel, check_fit
 from sift_cli.training.records import alignment_rows, metrics_record
-from sift_cli.training.plan import optimizer_config, plan_routes, select_trainable, trainable_regex
+from sift_cli.training.plan import lora_rank, plan_routes, run_optimizer_config, select_trained, with_adapters
 from sift_cli.training.state import IndexStream, lr_multiplier, rng_state, seed_everything, set_deterministic, set_rng_state
 
 
@@ -51,15 +52,15 @@ class Trainer:
         data = load_prepared(spec.data.path, spec.app)
         self.data: PreparedData = data
         self.tokenizer = load_tokenizer(spec.model)
-        self.model = load_model(spec.model).to(self.device)
-        select_trainable(self.model, trainable_regex(spec))
+        self.model = with_adapters(load_model(spec.model), spec).to(self.device)
+        select_trained(self.model, spec)
         self.objectives: Objectives = app.build_objectives(self.model, self.tokenizer, spec, data)
         check_fit(self.objectives, spec)
         # An app may replace modules while building its objectives (new token embeddings), so the
         # trained parameters are collected again afterwards.
-        self.named = select_trainable(self.model, trainable_regex(spec))
+        self.named = select_trained(self.model, spec)
         model_config = getattr(self.model, "config", None)
-        routes = plan_routes(self.named, spec.optim, model_config)
+        routes = plan_routes(self.named, spec.optim, model_config, lora_rank(spec))
         for module in self.objectives.modules:
             module.to(self.device)
         self.spectral: dict[str, Route] = {
@@ -91,7 +92,7 @@ class Trainer:
             self.named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         else:
             self.objective_model = self.accelerator.prepare(self.objective_model)
-        self.optimizer = SiftOptimizer(self.named, optimizer_config(self.spec.optim, self.model_config))
+        self.optimizer = SiftOptimizer(self.named, run_optimizer_config(self.spec, self.model))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(self.spec.train))
         self.spec_lrs = list(self.scheduler.base_lrs)
 
@@ -261,6 +262,10 @@ class Trainer:
             with staged_directory(self.run.model_dir) as staging:
                 if self.sharded:
                     self.model.save_pretrained(staging, state_dict=weights)
+                elif self.spec.train.lora is not None:
+                    save_adapter(self.model, staging, self.spec.model.name)
+                    if self.spec.train.lora.merge:
+                        merged(load_model(self.spec.model), staging).save_pretrained(staging / MERGED)
                 else:
                     self.model.save_pretrained(staging)
                 self.tokenizer.save_pretrained(staging)
