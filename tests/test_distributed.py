@@ -153,3 +153,27 @@ def test_dry_run_prints_the_memory_of_each_rank(tiny_model_dir, data_dir, tmp_pa
         assert two[part] <= one[part] / 2 + 1, part
     ddp = memory_estimate(spec.model_copy(update={"train": spec.train.model_copy(update={"parallel": "ddp"})}), meta_model(spec), 2).parts
     assert ddp["weights"] == one["weights"] and ddp["DDP gradient buckets"] == one["gradients (f and g)"] // 2
+
+
+def test_sift_trainer_under_ddp_takes_the_step_of_one_process_with_the_whole_batch(tiny_model_dir, tmp_path) -> None:
+    """Two ranks of batch 1 each average into the gradient one process takes on batch 2 (Trainer's
+    launch, accelerate's DDP); rank 0 logs the losses averaged over ranks."""
+    from safetensors.torch import load_file
+
+    from sift_cli.store.rundir import RunDir
+
+    trainer_driver = DRIVER.parent / "trainer_driver.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(trainer_driver), str(tiny_model_dir), str(tmp_path / "one"), "2"], env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(trainer_driver),
+                          str(tiny_model_dir), str(tmp_path / "two"), "1"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    expected, got = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(expected[name], base[name]) for name in expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    losses = [RunDir(tmp_path / name).read_metrics()[["loss_f", "loss_g"]].to_numpy() for name in ("one", "two")]
+    torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-5, atol=1e-6)

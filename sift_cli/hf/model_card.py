@@ -81,7 +81,7 @@ def write_model_card(run: RunDir, spec: RunSpec, metrics: list[tuple[str, Any]] 
     base = base_model_id(spec)
     data = ModelCardData(
         base_model=base,
-        library_name="transformers",
+        library_name="peft" if spec.train.lora is not None else "transformers",
         pipeline_tag="text-generation",
         tags=["sift", "constrained-steering", spec.app, spec.optim.method],
         datasets=dataset_ids(spec) or None,
@@ -99,7 +99,7 @@ def _body(run: RunDir, spec: RunSpec, base: str | None, metrics: list[tuple[str,
     lines = [
         f"# {run.path.name}: {name} steered with {spec.optim.method} ({spec.app})",
         "",
-        f"Trained with [sift](https://pypi.org/project/sift-cli/) {sift_cli.__version__}: "
+        f"Trained with sift (`sift-cli` {sift_cli.__version__}): "
         f"the `{spec.app}` application keeps a primary objective f while it satisfies a constraint g.",
         "",
     ]
@@ -114,6 +114,7 @@ def _body(run: RunDir, spec: RunSpec, base: str | None, metrics: list[tuple[str,
         + (f", eps {spec.optim.eps:g}, K {spec.optim.k or 'full'}" if spec.optim.method == "sift" else "")
         + ".",
         "",
+        *_adapter_lines(spec),
         "## Evaluation",
         "",
     ]
@@ -133,12 +134,7 @@ def _body(run: RunDir, spec: RunSpec, base: str | None, metrics: list[tuple[str,
         + (f" (saved with {env['transformers']}, torch {env['torch']})" if env else "")
         + ".",
         "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'model = AutoModelForCausalLM.from_pretrained("{run.model_dir.resolve()}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{run.model_dir.resolve()}")',
-        "```",
+        *_load_lines(run, spec),
         "",
         "## Run spec",
         "",
@@ -148,3 +144,22 @@ def _body(run: RunDir, spec: RunSpec, base: str | None, metrics: list[tuple[str,
         "",
     ]
     return "\n".join(lines)
+
+
+def _adapter_lines(spec: RunSpec) -> list[str]:
+    lora = spec.train.lora
+    if lora is None:
+        return []
+    merged = " `merged/` holds the merged full model." if lora.merge else ""
+    return [f"LoRA adapters (rank {lora.rank}, alpha {lora.alpha:g}, dropout {lora.dropout:g}) on the modules listed in "
+            f"`adapter_config.json`; only the factors were trained, each one block of the optimizer.{merged}", ""]  # fmt: skip
+
+
+def _load_lines(run: RunDir, spec: RunSpec) -> list[str]:
+    where = run.model_dir.resolve()
+    if spec.train.lora is None:
+        return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                f'model = AutoModelForCausalLM.from_pretrained("{where}")', f'tokenizer = AutoTokenizer.from_pretrained("{where}")', "```"]  # fmt: skip
+    return ["```python", "from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            f'base = AutoModelForCausalLM.from_pretrained("{json.loads((run.model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]}")', f'model = PeftModel.from_pretrained(base, "{where}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{where}")', "```"]  # fmt: skip

@@ -26,6 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from sift_cli.apps.base import Batch, Loss, Objectives
 from sift_cli.engine import OptimizerConfig, Route, SiftOptimizer, route_parameters
+from sift_cli.errors import SiftError
 from sift_cli.store.atomic import write_json
 from sift_cli.store.rundir import TRAINER_SETTINGS, RunDir
 from sift_cli.training.records import alignment_rows, metrics_record
@@ -144,6 +145,11 @@ class SiftTrainer(Trainer):
         from sift_cli.training.plan import optimizer_config, select_trainable, trainable_regex
         from sift_cli.training.state import seed_everything
 
+        if spec.train.lora is not None:
+            raise SiftError(
+                "SiftTrainer.from_spec does not take train.lora: pass a peft model (peft.get_peft_model) to SiftTrainer, "
+                "whose checkpoints Trainer already saves as adapters, or train the spec with `sift train`"
+            )
         seed_everything(spec.train.seed)
         data = load_prepared(spec.data.path, spec.app)
         tokenizer = load_tokenizer(spec.model)
@@ -217,9 +223,14 @@ class SiftTrainer(Trainer):
         return losses["f"] / accum
 
     def record_step(self, step: int, main: bool) -> None:
-        """metrics.jsonl and alignment.csv rows of the step just taken (every rank resets its sums)."""
+        """metrics.jsonl and alignment.csv rows of the step just taken, with the losses averaged over ranks
+        as `sift train` logs them (rank 0 writes)."""
         losses = {which: self._losses_since_step[which] for which in ("f", "g")}
         self._losses_since_step = {"f": 0.0, "g": 0.0}
+        if self.accelerator.num_processes > 1:
+            # every rank's mean loss, averaged (a collective: every rank comes here after each step)
+            mean = self.accelerator.reduce(torch.tensor([losses["f"], losses["g"]], device=self.args.device), reduction="mean")
+            losses = {"f": float(mean[0]), "g": float(mean[1])}
         seconds, self._step_started = time.perf_counter() - self._step_started, time.perf_counter()
         report = self.sift_optimizer.last_report
         if not main or report is None:

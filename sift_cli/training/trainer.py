@@ -16,7 +16,7 @@ from sift_cli.apps.base import Batch, Objectives
 from sift_cli.engine import Route, SiftOptimizer, StepReport
 from sift_cli.engine.distributed import local as local_part
 from sift_cli.errors import SiftError, first_line
-from sift_cli.hf.loading import load_model, load_tokenizer
+from sift_cli.hf.loading import load_model, load_tokenizer, resolve_model_path
 from sift_cli.hf.lora import MERGED, merged, save_adapter
 from sift_cli.spec import RunSpec
 from sift_cli.store.prepared import PreparedData, load_prepared
@@ -263,7 +263,7 @@ class Trainer:
                 if self.sharded:
                     self.model.save_pretrained(staging, state_dict=weights)
                 elif self.spec.train.lora is not None:
-                    save_adapter(self.model, staging, self.spec.model.name)
+                    save_adapter(self.model, staging, resolve_model_path(self.spec.model))
                     if self.spec.train.lora.merge:
                         merged(load_model(self.spec.model), staging).save_pretrained(staging / MERGED)
                 else:

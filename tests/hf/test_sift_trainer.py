@@ -76,3 +76,35 @@ def test_a_trainer_checkpoint_resumes_bit_exactly(tiny_model_dir, data_dir, tmp_
     assert all(torch.equal(got[name], tensor) for name, tensor in expected.items())
     columns = ["step", "block", "tau", "branch"]
     assert RunDir(interrupted).read_alignment()[columns].equals(RunDir(straight).read_alignment()[columns])
+
+
+def test_sift_trainer_trains_a_peft_model_on_two_datasets_in_bf16(tiny_model_dir, tmp_path) -> None:
+    """The generic path a Trainer user takes: any causal LM (here a peft LoRA model), two tokenized
+    datasets, the model's own loss for f and gradient ascent for g; Trainer saves the adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from sift_cli.api import OptimizerConfig, SiftTrainer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["down_proj", "up_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    retain = [{"input_ids": torch.randint(0, 60, (12,), generator=generator)} for _ in range(8)]
+    forget = [{"input_ids": torch.randint(60, 120, (12,), generator=generator)} for _ in range(8)]
+
+    def collate(rows):
+        ids = torch.stack([row["input_ids"] for row in rows])
+        return {"input_ids": ids, "labels": ids}
+
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                             learning_rate=0.02, save_steps=3, bf16=True, use_cpu=True, report_to=[], disable_tqdm=True)  # fmt: skip
+    trainer = SiftTrainer(model, args, retain, forget, sift_config=OptimizerConfig(method="sift", k=2), data_collator=collate,
+                          loss_g=lambda model, batch: -model(**batch).loss)  # fmt: skip
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(".lora_" in name for name in changed)
+    assert (tmp_path / "out" / "checkpoint-3" / "adapter_model.safetensors").is_file()
+    metrics = RunDir(tmp_path / "out").read_metrics()
+    assert list(metrics["step"]) == [1, 2, 3] and metrics[["loss_f", "loss_g"]].notna().all().all()
+    assert set(RunDir(tmp_path / "out").read_alignment()["component"]) == {"down.A", "down.B", "up.A", "up.B"}
