@@ -29,6 +29,7 @@ from sift_cli.engine import OptimizerConfig, Route, SiftOptimizer, route_paramet
 from sift_cli.errors import SiftError
 from sift_cli.store.atomic import write_json
 from sift_cli.store.rundir import TRAINER_SETTINGS, RunDir
+from sift_cli.training.launch import fresh_accelerator_state
 from sift_cli.training.records import alignment_rows, metrics_record
 from sift_cli.training.state import IndexStream
 
@@ -116,6 +117,7 @@ class SiftTrainer(Trainer):
         world = max(1, args.world_size)
         draws = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
         paired = PairedObjectives(f_dataset, g_dataset, seed=args.seed, length=draws)
+        fresh_accelerator_state()
         super().__init__(model=model, args=args, train_dataset=paired, data_collator=self._collate_pair, **kwargs)
         self.run = RunDir(Path(args.output_dir))
         self.spectral: dict[str, Route] = {}

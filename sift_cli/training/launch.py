@@ -110,6 +110,16 @@ def process_group_closed() -> Iterator[None]:
             dist.destroy_process_group()
 
 
+def fresh_accelerator_state() -> None:
+    """Forget what an earlier Accelerator in this process set (accelerate keeps one process-wide state):
+    a bf16 Trainer earlier in a notebook would otherwise put the next run under its autocast. The
+    launcher's process group (accelerate's PartialState) is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+
+
 def make_accelerator(spec: RunSpec, run_path: Path) -> Any:
     """The run's accelerator (it joins the launcher's process group); CPU unless CUDA is asked for or,
     under train.device=auto, present."""
@@ -122,6 +132,7 @@ def make_accelerator(spec: RunSpec, run_path: Path) -> Any:
     # Buffers (rotary tables) are identical on every rank: broadcasting them at every forward is waste.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     check_launch()
+    fresh_accelerator_state()
     try:
         accelerator = Accelerator(cpu=cpu, kwargs_handlers=[ddp], **tracking.accelerator_kwargs(spec.train.report_to, run_path))
     except (ValueError, RuntimeError) as exc:

@@ -108,3 +108,9 @@ def test_sift_trainer_trains_a_peft_model_on_two_datasets_in_bf16(tiny_model_dir
     metrics = RunDir(tmp_path / "out").read_metrics()
     assert list(metrics["step"]) == [1, 2, 3] and metrics[["loss_f", "loss_g"]].notna().all().all()
     assert set(RunDir(tmp_path / "out").read_alignment()["component"]) == {"down.A", "down.B", "up.A", "up.B"}
+
+    # accelerate's state is process-wide: the next `sift train` in this process must not inherit bf16
+    from sift_cli.training.launch import make_accelerator
+
+    spec = resolve_spec(app="unlearning", overrides={"data.path": str(tmp_path), "train.device": "cpu"})
+    assert trainer.accelerator.mixed_precision == "bf16" and make_accelerator(spec, tmp_path).mixed_precision == "no"
