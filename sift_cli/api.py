@@ -112,11 +112,12 @@ def evaluate(
     run_dir: str | Path, tasks: Sequence[str] | None = None, limit: int | None = None, batch_size: int = 8,
     console: Console | None = None,
 ) -> EvalResult:  # fmt: skip
-    """Evaluate a run's model (`sift evaluate`): the app's metrics, and lm-eval `tasks` if given."""
+    """Evaluate a run's model (`sift evaluate`): the app's metrics and lm-eval `tasks` (None: the app's
+    default tasks, [] none)."""
     from sift_cli.apps.base import EvalOptions
     from sift_cli.evaluation.evaluate import evaluate_run
 
-    options = EvalOptions(tasks=list(tasks) if tasks else None, limit=limit, batch_size=batch_size)
+    options = EvalOptions(tasks=None if tasks is None else list(tasks), limit=limit, batch_size=batch_size)
     entry = evaluate_run(Path(run_dir), options, console=console or Console())
     results = {key: value for key, value in entry.items() if key != "made"}
     return EvalResult(Path(run_dir).resolve(), results, entry["made"])
