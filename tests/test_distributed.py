@@ -4,6 +4,7 @@ global batch, an exact resume after a rank is killed, and bad launches refused o
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +45,9 @@ def train_args(model_dir: Path, data_dir: Path, output: Path, batch: int, *extra
     ]  # fmt: skip
 
 
-def launch(args: list[str], processes: int = 2, kill_at: int = 0) -> subprocess.CompletedProcess:
+def launch(args: list[str], processes: int = 2, kill_at: int = 0, term_at: int = 0) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node N tests/distributed_driver.py ARGS`, one thread per rank."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIFT_TEST_KILL_AT": str(kill_at)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SIFT_TEST_KILL_AT": str(kill_at), "SIFT_TEST_TERM_AT": str(term_at)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", str(DRIVER), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
@@ -118,6 +119,25 @@ def test_a_killed_two_process_run_resumes_bit_exactly(tiny_model_dir, data_dir, 
 def rank_errors(result: subprocess.CompletedProcess) -> list[str]:
     """The `error:` lines the ranks printed (torchrun prefixes nothing: each rank writes its own line)."""
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_at_one_checkpoint(tiny_model_dir, data_dir, tmp_path) -> None:
+    """torchrun forwards SIGTERM to its workers: every rank finishes the step, they write one checkpoint
+    together and each says so in one line; `--resume` under torchrun ends where a straight run does."""
+    common = ["--steps", "4", "--set", "train.checkpoint_every=10"]
+    straight = launch(train_args(tiny_model_dir, data_dir, tmp_path / "straight", 2, *common))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    stopped = tmp_path / "stopped"
+    first = launch(train_args(tiny_model_dir, data_dir, stopped, 2, *common), term_at=2)
+    lines = [line for line in first.stderr.splitlines() if line.startswith("error:")]
+    # the launcher forwards the signal a moment later: the ranks may finish one more step, together
+    steps = {int(found) for found in re.findall(r"stopped by SIGTERM at step (\d+); checkpoint written", "\n".join(lines))}
+    assert len(lines) == 2 and len(steps) == 1 and min(steps) >= 2, first.stderr[-2000:]
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == [f"step-{min(steps):07d}.pt"]
+    resumed = launch(["train", "--resume", str(stopped)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, got = weights(tmp_path / "straight"), weights(stopped)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
 
 
 def test_bad_launches_fail_in_one_line_with_exit_2_on_every_rank(tiny_model_dir, data_dir, tmp_path) -> None:

@@ -164,8 +164,8 @@ def save_then_die(self):
 
 def step_then_interrupt(self):
     out = step(self)
-    if how == "int" and self.step == stop_at:
-        os.kill(os.getpid(), signal.SIGINT)
+    if how in ("int", "term") and self.step == stop_at:
+        os.kill(os.getpid(), signal.SIGINT if how == "int" else signal.SIGTERM)
     return out
 
 Trainer.save_checkpoint = save_then_die
@@ -230,11 +230,29 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tiny_model_dir, data_dir
     run_path = tmp_path / "interrupted"
     args = train_args(tiny_model_dir, data_dir, run_path, "--steps", "5", "--set", "train.checkpoint_every=10")
     first = run_cli_process(args, how="int", stop_at=3)
-    assert first.returncode == 2
-    assert "interrupted at step 3" in first.stderr and "--resume" in first.stderr
+    assert first.returncode == 130
+    assert "stopped by SIGINT at step 3" in first.stderr and "--resume" in first.stderr
     assert sorted(p.name for p in (run_path / "checkpoints").iterdir()) == ["step-0000003.pt"]
     assert run_cli_process(["train", "--resume", str(run_path)]).returncode == 0
     assert list(RunDir(run_path).read_metrics()["step"]) == [1, 2, 3, 4, 5]
+
+
+def test_sigterm_finishes_the_step_writes_a_checkpoint_and_resume_is_exact(tiny_model_dir, data_dir, tmp_path) -> None:
+    """What `timeout`, Kubernetes and SLURM send before SIGKILL: the step in flight ends, a checkpoint is
+    written, one line says so, exit 143; the resumed run ends where an uninterrupted one does."""
+    common = ["--steps", "4", "--set", "train.checkpoint_every=10"]
+    straight = tmp_path / "straight"
+    assert invoke(*train_args(tiny_model_dir, data_dir, straight, *common)).exit_code == 0
+    stopped = tmp_path / "stopped"
+    first = run_cli_process(train_args(tiny_model_dir, data_dir, stopped, *common), how="term", stop_at=2)
+    assert first.returncode == 143, first.stderr
+    assert [line for line in first.stderr.splitlines() if line.strip()] == [
+        f"error: stopped by SIGTERM at step 2; checkpoint written, continue with `sift train --resume {stopped.resolve()}`"
+    ]
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == ["step-0000002.pt"]
+    assert run_cli_process(["train", "--resume", str(stopped)]).returncode == 0
+    expected, got = weights(straight), weights(stopped)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
 
 
 def test_a_diverging_run_stops_clearly_and_keeps_its_last_checkpoint(tiny_model_dir, data_dir, tmp_path) -> None:

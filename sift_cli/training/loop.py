@@ -22,19 +22,37 @@ from sift_cli.training.state import environment
 from sift_cli.training.trainer import Trainer, TrainingStopped
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Ctrl-C, and what `timeout`, Kubernetes, SLURM and torchrun send before SIGKILL."""
+
+
 @contextmanager
-def interrupt_flag() -> Iterator[dict[str, bool]]:
-    """Turn SIGINT into a flag the loop checks between steps, so a checkpoint is written before exit."""
-    flag = {"stop": False}
+def stop_requests() -> Iterator[dict[str, int]]:
+    """Turn SIGINT and SIGTERM into a flag (the signal's number) the loop checks between steps, so that
+    the step in flight finishes and a checkpoint is written before the process exits."""
+    flag = {"signal": 0}
 
     def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
+        flag["signal"] = signum
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler_before in previous.items():
+            signal.signal(number, handler_before)
+
+
+def stopped(signum: int, trainer: Trainer) -> TrainingStopped:
+    """The one line of a run stopped by a signal; the exit code is the shell's 128 + signal (130 for
+    SIGINT, 143 for SIGTERM), so a job script can tell a resumable stop from bad input (2)."""
+    name = signal.Signals(signum).name if signum else "a signal to another rank"
+    stop = TrainingStopped(
+        f"stopped by {name} at step {trainer.step}; checkpoint written, continue with `sift train --resume {trainer.run.path}`"
+    )
+    stop.exit_code = 128 + (signum or signal.SIGTERM)
+    return stop
+
 
 def run_to_end(trainer: Trainer, console: Console) -> RunDir:
     """Step a built (started or resumed) trainer to train.steps, then write model/, its card and the summary."""
@@ -73,7 +91,7 @@ def step_until_done(trainer: Trainer, console: Console) -> None:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with interrupt_flag() as flag, Progress(*columns, console=console, transient=False, disable=not trainer.ranks.main) as progress:
+    with stop_requests() as flag, Progress(*columns, console=console, transient=False, disable=not trainer.ranks.main) as progress:
         task = progress.add_task(
             f"{spec.app}/{spec.optim.method}", total=spec.train.steps, completed=trainer.step, loss_f=math.nan, loss_g=math.nan, n_sift=0
         )
@@ -82,10 +100,10 @@ def step_until_done(trainer: Trainer, console: Console) -> None:
             loss_f, loss_g, report = trainer.train_step()
             trainer.log(loss_f, loss_g, report, time.perf_counter() - started)
             progress.update(task, completed=trainer.step, loss_f=loss_f, loss_g=loss_g, n_sift=report.n_sift)
-            if trainer.step % spec.train.checkpoint_every == 0 or trainer.step == spec.train.steps:
+            saved = trainer.step % spec.train.checkpoint_every == 0 or trainer.step == spec.train.steps
+            if saved:
                 trainer.save_checkpoint()
-            if trainer.ranks.any(flag["stop"]):
-                trainer.save_checkpoint()
-                raise TrainingStopped(
-                    f"interrupted at step {trainer.step}; checkpoint written, continue with `sift train --resume {trainer.run.path}`"
-                )
+            if trainer.ranks.any(bool(flag["signal"])):
+                if not saved:
+                    trainer.save_checkpoint()
+                raise stopped(flag["signal"], trainer)

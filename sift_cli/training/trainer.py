@@ -32,7 +32,7 @@ from sift_cli.training.state import IndexStream, lr_multiplier, rng_state, seed_
 
 
 class TrainingStopped(SiftError):
-    """The run stopped early on purpose (SIGINT, non-finite values); its last checkpoint is intact."""
+    """The run stopped early on purpose (SIGINT or SIGTERM, non-finite values); its last checkpoint is intact."""
 
 
 class Trainer:
