@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from importlib import metadata
 from typing import Iterator
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 PACKAGES = (
     "sift-cli", "torch", "transformers", "tokenizers", "huggingface_hub", "safetensors", "accelerate",
@@ -23,6 +25,21 @@ SETTINGS = (
     "HF_HOME", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "SIFT_CACHE", "CUDA_VISIBLE_DEVICES",
     "OMP_NUM_THREADS", "ACCELERATE_CONFIG_FILE",
 )  # fmt: skip
+
+
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+URL_QUERY = re.compile(r"(?<=://)([^\s?#]*)\?[^\s#]*")
+
+
+def shown(name: str, value: str | None) -> str:
+    """A setting as the table may print it: never a variable whose name says it holds a secret, never a
+    URL's user:password@ or query string (where keys travel)."""
+    if value is None:
+        return "(unset)"
+    if SECRET_NAME.search(name):
+        return "(set, not shown)"
+    return URL_QUERY.sub(r"\1?[redacted]", URL_USERINFO.sub("[redacted]@", value))
 
 
 def version(package: str) -> str:
@@ -63,8 +80,8 @@ def collect() -> list[tuple[str, str]]:
     rows = [("platform", platform.platform()), ("python", platform.python_version())]
     rows += [(package, version(package)) for package in PACKAGES]
     rows += list(devices())
-    rows += [(name, os.environ.get(name, "(unset)")) for name in SETTINGS]
-    rows.append(("hub", hub_state()))
+    rows += [(name, shown(name, os.environ.get(name))) for name in SETTINGS]
+    rows.append(("hub", shown("hub", hub_state())))
     converted = (cache_dir() / DEFAULT_MODEL / "config.json").is_file()
     rows.append(("offline model", f"{cache_dir() / DEFAULT_MODEL}" if converted else "not converted yet"))
     return rows
@@ -76,5 +93,5 @@ def env_table(rows: list[tuple[str, str]]) -> Table:
     table.add_column("name")
     table.add_column("value", overflow="fold")
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(Text(name), Text(value))
     return table

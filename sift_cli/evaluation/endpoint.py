@@ -4,6 +4,7 @@ validate them without importing the judges (which load models and speak HTTP).""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -16,6 +17,17 @@ class JudgeEndpoint(BaseModel):
     judge_model: str = Field("gpt-4o", description="endpoint model name, or a local model path / HF id")
     judge_base_url: str = "https://api.openai.com/v1"
     judge_api_key_env: str = Field("OPENAI_API_KEY", description="NAME of the environment variable holding the key")
+
+    @field_validator("judge_base_url")
+    @classmethod
+    def _no_credentials_in_the_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.username or parts.password or parts.query:
+            raise ValueError(
+                "objective.judge_base_url carries credentials (user:password@ or a query string), which the run directory "
+                "and the model card would publish; pass the bare URL and put the key in the variable named by judge_api_key_env"
+            )
+        return value
 
     @field_validator("judge_api_key_env")
     @classmethod

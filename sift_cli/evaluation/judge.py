@@ -13,9 +13,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import quote, quote_plus
 from typing import Any, Literal, Protocol
 
 from sift_cli.errors import SiftError, first_line
@@ -29,13 +31,43 @@ QUOTED_BYTES = 200
 
 
 class JudgeError(Exception):
-    """One judge call failed; the caller records the item as a judging error."""
+    """One judge call failed; the caller records the item as a judging error.
+
+    `str()` is a fixed summary (the HTTP status, or the kind of failure) that callers may store per
+    item; `detail` is what the endpoint said, with the key redacted, for the console only."""
+
+    def __init__(self, summary: str, detail: str = "") -> None:
+        super().__init__(summary)
+        self.detail = detail
+
+
+def require_some_judged(failures: list[JudgeError], calls: int, what: str) -> str | None:
+    """Fail when every judge call failed (a rate over nothing judged is no result); otherwise return
+    the line that says how many failed and the first reason, or None when none did."""
+    if not failures:
+        return None
+    first = failures[0]
+    reason = f"{first}" + (f" ({first.detail})" if first.detail else "")
+    line = f"{len(failures)} of {calls} judge calls failed for {what}; the first: {reason}"
+    if len(failures) == calls:
+        raise SiftError(f"{line}; check judge_base_url, judge_model and the key variable (judge_api_key_env)")
+    return line
+
+
+def secret_forms(secret: str) -> list[str]:
+    """Every spelling of `secret` an endpoint can be expected to echo: as sent, JSON-escaped (with and
+    without escaped slashes, PHP's default), and URL-encoded (path, form and fully quoted), longest first."""
+    json_form = json.dumps(secret)[1:-1]
+    forms = {secret, json_form, json_form.replace("/", "\\/"), quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    return sorted((form for form in forms if form), key=len, reverse=True)
 
 
 def redact(text: str, secret: str) -> str:
-    """`text` with every occurrence of `secret` replaced; redact before truncating, so that no cut can
-    leave part of the secret behind."""
-    return text.replace(secret, REDACTED) if secret else text
+    """`text` with every spelling of `secret` replaced (percent-encoded ones in either case of hex
+    digit); redact before truncating, so that no cut can leave part of the secret behind."""
+    for form in secret_forms(secret) if secret else []:
+        text = re.sub(re.escape(form), REDACTED, text, flags=re.IGNORECASE if "%" in form else 0)
+    return text
 
 
 class ChatJudge(Protocol):
@@ -82,11 +114,11 @@ class OpenAICompatibleJudge:
             except urllib.error.HTTPError as exc:
                 detail = redact(exc.read().decode("utf-8", "replace"), self._key)[:QUOTED_BYTES]
                 if exc.code not in RETRY_STATUSES or attempt >= self.max_retries:
-                    raise JudgeError(f"judge returned HTTP {exc.code}: {detail}") from None
+                    raise JudgeError(f"judge returned HTTP {exc.code}", detail) from None
             except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
                 if attempt >= self.max_retries:
                     reason = redact(str(getattr(exc, "reason", None) or exc), self._key)
-                    raise JudgeError(f"judge unreachable at {self.url}: {reason}") from None
+                    raise JudgeError(f"judge unreachable at {self.url}", reason[:QUOTED_BYTES]) from None
             time.sleep(self.retry_wait * 2**attempt)
             attempt += 1
 
@@ -96,7 +128,7 @@ def _reply_text(raw: str) -> str:
     try:
         content = json.loads(raw)["choices"][0]["message"]["content"]
     except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-        raise JudgeError(f"judge reply is not a chat completion: {raw[:QUOTED_BYTES]}") from None
+        raise JudgeError("judge reply is not a chat completion", raw[:QUOTED_BYTES]) from None
     if not isinstance(content, str):
         raise JudgeError("judge reply has no text content")
     return content

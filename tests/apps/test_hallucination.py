@@ -11,6 +11,7 @@ import re
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 import torch
@@ -24,13 +25,15 @@ from sift_cli.apps.hallucination.options import PAPER_UTILITY_TASKS
 from sift_cli.cli import app as cli_app
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
+from sift_cli.evaluation.judge import secret_forms
 from sift_cli.spec import validate_spec
 from sift_cli.store.prepared import load_prepared
 from sift_cli.store.rundir import RunDir
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "<|user|>", "<|assistant|>", "<|end|>"]
 TEMPLATE = "{% for m in messages %}<|user|> {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-KEY = "sk-test-NEVER-WRITE-7f3a9c"
+KEY = "sk-test/NEVER+WRITE=7f3a9c"
+"""With the characters that JSON (PHP escapes '/') and URL encodings spell differently."""
 
 SOURCES = [
     {
@@ -470,11 +473,12 @@ def test_evaluate_counts_judge_errors_and_never_writes_the_key(
 ) -> None:
     monkeypatch.setenv("HALLU_JUDGE_KEY", KEY)
     ScriptedJudge.seen = []
+    echoed = f"bad key {KEY} / {KEY.replace('/', chr(92) + '/')} / {quote(KEY, safe='')} / {quote(KEY, safe='').lower()} / {quote_plus(KEY)}"
     ScriptedJudge.script = [
         (200, '{"hallucination list": ["Paris"]}'),
         (200, 'Sure! {"hallucination list": []}'),
-        (200, "The answer looks fine to me."),
-        (400, "bad request"),
+        (200, f"The answer looks fine to me, {KEY.replace('/', chr(92) + '/')}."),
+        (400, echoed),
     ]
     spec = validate_spec(
         {
@@ -494,6 +498,8 @@ def test_evaluate_counts_judge_errors_and_never_writes_the_key(
     (run.eval_dir / "results.json").write_text(json.dumps(results), encoding="utf-8")
 
     assert ScriptedJudge.script == [] and len(ScriptedJudge.seen) == 4
+    failed = results["hallucination"].pop("failed_calls")
+    assert failed.startswith("1 of 4 judge calls failed for the hallucination answers; the first: judge returned HTTP 400 (")
     assert results["hallucination"] | {"judge": None} == {
         "answers": 4, "judged": 2, "errors": 2, "hallucinated": 1, "rate": 0.5, "judge": None
     }
@@ -501,14 +507,36 @@ def test_evaluate_counts_judge_errors_and_never_writes_the_key(
     assert results["held_out"]["hallucinated_tokens"] == 1 and results["held_out"]["faithful_tokens"] > 0
     records = [json.loads(line) for line in (run.eval_dir / hallucination.ANSWERS_FILE).read_text().splitlines()]
     assert [r["hallucinated"] for r in records] == [True, False, None, None]
-    assert "looks fine" in records[2]["error"] and "HTTP 400" in records[3]["error"]
+    assert "looks fine" in records[2]["error"] and records[3]["error"] == "judge returned HTTP 400"
     request = ScriptedJudge.seen[0]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == f"Bearer {KEY}"
     assert request["body"]["model"] == "judge-x" and request["body"]["temperature"] == 0
     assert "Question: What is the capital of Zorbia ?" in request["body"]["messages"][-1]["content"]
     written = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
-    assert "HALLU_JUDGE_KEY" in written and KEY not in written
-    assert KEY not in "".join(capsys.readouterr())
+    forms = secret_forms(KEY) + [quote(KEY, safe="").lower()]
+    assert len(set(forms)) >= 4 and "HALLU_JUDGE_KEY" in written
+    assert not [form for form in forms if form in written + failed + "".join(capsys.readouterr())]
+
+
+def test_evaluate_fails_when_every_judge_call_fails_and_writes_nothing(
+    tiny_model: Any, tokenizer: Any, prepared: Path, judge_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HALLU_JUDGE_KEY", KEY)
+    ScriptedJudge.seen, ScriptedJudge.script = [], [(400, f"unknown model, key {KEY}")] * 4
+    spec = validate_spec({"app": "hallucination", "data": {"path": str(prepared)}, "output": str(tmp_path / "run"), "objective": {
+        "judge": "openai", "judge_base_url": judge_url, "judge_api_key_env": "HALLU_JUDGE_KEY", "max_new_tokens": 4, "utility_tasks": []}})  # fmt: skip
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    with pytest.raises(SiftError, match=r"^4 of 4 judge calls failed .* judge returned HTTP 400 \(.*\[redacted\].*check judge_base_url") as info:
+        hallucination.evaluate(tiny_model, tokenizer, spec, run, EvalOptions(batch_size=2))
+    assert KEY not in str(info.value) and not (run.eval_dir / hallucination.ANSWERS_FILE).exists()
+
+
+def test_a_judge_url_with_credentials_is_refused() -> None:
+    for url in ("https://user:secret@judge.example/v1", "https://judge.example/v1?key=secret"):
+        with pytest.raises(SiftError, match="carries credentials") as info:
+            validate_spec({"app": "hallucination", "data": {"path": "x"}, "objective": {"judge_base_url": url}})
+        assert "secret" not in str(info.value)
 
 
 def test_a_local_judge_that_cannot_answer_counts_as_errors(word_model_dir: Path, tokenizer: Any, prepared: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from sift_cli.evaluation.judge import (
     make_judge,
 )
 
-KEY = "sk-judge-test-4b1e0d"
+KEY = "sk-judge/test+4b1e=0d"
 ENV = "SIFT_TEST_JUDGE_KEY"
 MESSAGES = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Is the sky green?"}]
 
@@ -154,6 +154,7 @@ def test_the_key_is_redacted_from_every_text_an_endpoint_echoes_it_into(server: 
     reply = judge.complete(MESSAGES)
     with pytest.raises(JudgeError) as malformed:
         judge.complete(MESSAGES)
-    texts = [str(error.value), reply, str(malformed.value)]
+    texts = [str(error.value), error.value.detail, reply, str(malformed.value), malformed.value.detail]
     assert all(KEY[:6] not in text for text in texts), texts
-    assert reply == "your key is [redacted]" and "[redacted]" in str(malformed.value)
+    assert str(error.value) == "judge returned HTTP 400" and str(malformed.value) == "judge reply is not a chat completion"
+    assert reply == "your key is [redacted]" and "[redacted]" in malformed.value.detail

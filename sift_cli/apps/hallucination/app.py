@@ -219,16 +219,20 @@ def parse_verdict(reply: str) -> list[str]:
     return spans
 
 
-def judge_answers(judge: Any, examples: Sequence[ragtruth.Example], answers: Sequence[str]) -> list[dict[str, Any]]:
-    """One record per answer: the listed spans, or the error that kept it from being judged."""
-    from sift_cli.evaluation.judge import JudgeError
+def judge_answers(judge: Any, examples: Sequence[ragtruth.Example], answers: Sequence[str]) -> tuple[list[dict[str, Any]], str | None]:
+    """One record per answer: the listed spans, or the error that kept it from being judged (a fixed
+    summary such as the HTTP status, never the endpoint's words); and the line saying how many calls
+    failed and why the first did. Every call failing is an error."""
+    from sift_cli.evaluation.judge import JudgeError, require_some_judged
 
     records = []
+    failures: list[JudgeError] = []
     for example, answer in zip(examples, answers):
         record: dict[str, Any] = {"id": example.id, "task_type": example.task_type, "answer": answer}
         try:
             reply = judge.complete(judge_messages(example.reference, answer))
         except JudgeError as exc:
+            failures.append(exc)
             records.append({**record, "hallucinated": None, "error": str(exc)})
             continue
         try:
@@ -237,7 +241,7 @@ def judge_answers(judge: Any, examples: Sequence[ragtruth.Example], answers: Seq
             records.append({**record, "hallucinated": None, "error": f"{exc}: {reply[:200]!r}"})
             continue
         records.append({**record, "hallucinated": bool(spans), "spans": spans})
-    return records
+    return records, require_some_judged(failures, len(records), "the hallucination answers")
 
 
 def hallucination_rate(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -340,10 +344,12 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
             batch_size=options.batch_size,
             max_prompt_tokens=spec.data.max_length,
         )
-        records = judge_answers(judge, examples, answers)
+        records, failed = judge_answers(judge, examples, answers)
         if run is not None:
             write_jsonl(run.eval_dir / ANSWERS_FILE, records)
         results["hallucination"] = {**hallucination_rate(records), "judge": describe(judge)}
+        if failed:
+            results["hallucination"]["failed_calls"] = failed
     tasks = options.tasks if options.tasks is not None else opts.utility_tasks
     if tasks:
         from sift_cli.evaluation.lmeval import run_tasks

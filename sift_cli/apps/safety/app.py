@@ -38,7 +38,7 @@ from sift_cli.apps.safety.refusal import is_refusal
 from sift_cli.apps.safety.options import Options
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
-from sift_cli.evaluation.judge import ChatJudge, JudgeError, describe, endpoint_judge
+from sift_cli.evaluation.judge import ChatJudge, JudgeError, describe, endpoint_judge, require_some_judged
 from sift_cli.output import summary
 from sift_cli.store.atomic import write_jsonl
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared
@@ -341,14 +341,17 @@ def parse_judge_reply(reply: str) -> Verdict:
     return next(iter(found)) if len(found) == 1 else "error"
 
 
-def judge_verdict(judge: ChatJudge, prompt: str, reply: str) -> Verdict:
+def judge_verdict(judge: ChatJudge, prompt: str, reply: str, failures: list[JudgeError] | None = None) -> Verdict:
+    """The judge's label of one reply; a failed call is an `error` verdict (collected in `failures`)."""
     messages = [
         {"role": "system", "content": JUDGE_SYSTEM},
         {"role": "user", "content": JUDGE_PROMPT.format(prompt=prompt, reply=reply)},
     ]
     try:
         return parse_judge_reply(judge.complete(messages))
-    except JudgeError:
+    except JudgeError as exc:
+        if failures is not None:
+            failures.append(exc)
         return "error"
 
 
@@ -391,12 +394,14 @@ def evaluate(model: nn.Module, tokenizer: Any, spec: RunSpec, run: RunDir | None
         prompts = load_prompt_set(name, options.limit)
         messages = [user_message(opts.template, prompt) for prompt in prompts]
         replies = generate(model, tokenizer, messages, opts.max_new_tokens, batch_size=options.batch_size)
+        failures: list[JudgeError] = []
         verdicts = [
-            judge_verdict(judge, prompt, reply) if judge is not None else keyword_verdict(reply)
+            judge_verdict(judge, prompt, reply, failures) if judge is not None else keyword_verdict(reply)
             for prompt, reply in zip(prompts, replies)
         ]
+        failed = require_some_judged(failures, len(verdicts), name)
         key = set_key(name)
-        results["safety"][key] = summarize(verdicts)
+        results["safety"][key] = summarize(verdicts) | ({"failed_calls": failed} if failed else {})
         if run is not None:
             rows = [{"prompt": p, "reply": r, "verdict": v} for p, r, v in zip(prompts, replies, verdicts)]
             write_jsonl(run.eval_dir / f"safety_{key}.jsonl", rows)
