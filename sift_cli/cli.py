@@ -325,6 +325,8 @@ def bench_engine(
         raise SiftError(f"--steps {steps} must be at least 1")
     if k < 1:
         raise SiftError(f"--k {k} must be at least 1")
+    if tol is not None and not 0.0 < tol < 1.0:
+        raise SiftError(f"--tol {tol} must be between 0 and 1 (e.g. 0.01)")
     if device is not None:
         import torch
 
@@ -390,8 +392,14 @@ def bench_precision(
     k: int = typer.Option(128, "--k", help="top-K subspace size of SIFT"),
 ) -> None:
     """bf16 training with and without master weights, Kahan or stochastic rounding, against fp32."""
+    import math
+
     from sift_cli.bench.precision import run_precision_bench
 
+    if steps < 1 or k < 1:
+        raise SiftError(f"--steps {steps} and --k {k} must be at least 1")
+    if not (math.isfinite(lr) and lr > 0):
+        raise SiftError(f"--lr {lr} must be a positive finite number (e.g. 1e-4)")
     run_precision_bench(steps=steps, lr=lr, k=k, console=console)
 
 
@@ -405,8 +413,13 @@ def bench_distributed(
     """The sharded (FSDP2) optimizer step on 1 and N CPU processes: seconds per step and memory per rank, as ratios."""
     from sift_cli.bench.distributed import run_distributed_bench
 
+    import os
+
     if processes < 2 or layers < 1 or steps < 1:
         raise SiftError("--processes must be at least 2, --layers and --steps at least 1")
+    cores = os.cpu_count() or 1
+    if processes > cores:
+        raise SiftError(f"--processes {processes}: this machine has {cores} CPU cores and each process takes one; pass at most {cores}")
     run_distributed_bench(processes=processes, layers=layers, steps=steps, console=console)
 
 

@@ -10,6 +10,7 @@ holds no checkpoints: an edit is not resumable training, and `sift train --resum
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -52,6 +53,8 @@ def pome_run(
         )
     if not 0.0 < rank_fraction <= 1.0:
         raise SiftError(f"--rank-fraction {rank_fraction} must be in (0, 1]")
+    if not isinstance(scale, str) and not (math.isfinite(scale) and scale > 0):
+        raise SiftError(f"--scale {scale} must be 'mean' or a positive finite number (the singular value every kept direction gets)")
     check_target(output, source)
     pattern = trainable_regex(spec)
     base = load_model(spec.model)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar
+import types
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import (
@@ -88,7 +89,7 @@ class LoraSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    steps: int = Field(100, ge=1)
+    steps: int = Field(100, ge=1, le=10**9)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
@@ -134,6 +135,54 @@ class TrainSpec(_Strict):
         return self
 
 
+SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path"}
+
+
+def _kinds(annotation: Any) -> set[Any]:
+    """The types a field's annotation accepts: Optional and Union unfolded, a Literal as its values' types."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return {type(value) for value in get_args(annotation)}
+    if origin in (Union, types.UnionType):
+        return set().union(*(_kinds(member) for member in get_args(annotation)))
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    return {origin or annotation}
+
+
+def _field_types(model: Any) -> dict[str, Any]:
+    """{field: annotation} of a pydantic model or a plain dataclass (the engine's config is one)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {name: info.annotation for name, info in model.model_fields.items()}
+    return get_type_hints(model) if is_dataclass(model) else {}
+
+
+def strict_scalars(tree: Any, model: Any, prefix: str = "") -> list[str]:
+    """What pydantic's lax mode would coerce silently: true or false where a number belongs (`steps: true`
+    is not 1), a float where an integer belongs (`steps: 1.0e30`), a number where true or false belongs.
+    One line each."""
+    if not isinstance(tree, dict):
+        return []
+    fields = _field_types(model)
+    problems = []
+    for key, value in tree.items():
+        if key not in fields:
+            continue
+        kinds = _kinds(fields[key])
+        nested = [kind for kind in kinds if isinstance(kind, type) and (issubclass(kind, BaseModel) or is_dataclass(kind))]
+        where = f"{prefix}{key}"
+        if nested and isinstance(value, dict):
+            problems += strict_scalars(value, nested[0], f"{where}.")
+        elif isinstance(value, bool) and bool not in kinds:
+            wanted = " or ".join(SCALAR_NAMES[kind] for kind in (int, float, str, Path) if kind in kinds) or "no boolean"
+            problems.append(f"spec key {where!r}: expected {wanted} (got {str(value).lower()})")
+        elif isinstance(value, float) and int in kinds and float not in kinds:
+            problems.append(f"spec key {where!r}: expected an integer (got {value!r})")
+        elif isinstance(value, int) and not isinstance(value, bool) and kinds <= {bool, type(None)}:
+            problems.append(f"spec key {where!r}: expected true or false (got {value})")
+    return problems
+
+
 class RunSpec(_Strict):
     app: Literal[APPS]  # type: ignore[valid-type]
     model: ModelSpec = ModelSpec()
@@ -144,6 +193,16 @@ class RunSpec(_Strict):
     output: Path = Path("runs/run")
 
     _options: BaseModel = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coerced_scalars(cls, tree: Any) -> Any:
+        problems = strict_scalars(tree, cls)
+        if isinstance(tree, dict) and isinstance(tree.get("objective"), dict) and tree.get("app") in OPTIONS:
+            problems += strict_scalars(tree["objective"], OPTIONS[tree["app"]], "objective.")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return tree
 
     @model_validator(mode="after")
     def _objective_fits_app(self) -> "RunSpec":
@@ -165,6 +224,24 @@ class RunSpec(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML whose mappings may not repeat a key: PyYAML otherwise keeps the later value silently."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as data, refusing repeated keys (a yaml.YAMLError names the key and its line)."""
+    return yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader subclass)
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.yaml"))
 
@@ -174,7 +251,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SiftError(f"config file {path} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise SiftError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
     except OSError as exc:
@@ -220,7 +297,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if not key:
         raise SiftError(f"--set {text!r} has an empty key; write it as key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value

@@ -66,6 +66,26 @@ def without_files(target: Path, manifest: dict) -> None:
 
 def other_apps_tables(target: Path, manifest: dict) -> None:
     manifest["files"] = {"sft": "forget.jsonl", "dpo": "retain.jsonl"}
+    for key, table in (("sha256", "forget"), ("sha256", "retain"), ("counts", "forget"), ("counts", "retain")):
+        manifest[key][{"forget": "sft", "retain": "dpo"}[table]] = manifest[key][table]
+
+
+def without_hash(target: Path, manifest: dict) -> None:
+    del manifest["sha256"]["forget"]
+
+
+def null_hash(target: Path, manifest: dict) -> None:
+    manifest["sha256"]["forget"] = None
+
+
+def wrong_count(target: Path, manifest: dict) -> None:
+    manifest["counts"]["forget"] += 1
+
+
+def text_not_a_string(target: Path, manifest: dict) -> None:
+    (target / "forget.jsonl").write_text(json.dumps({"text": 5}) + "\n")
+    manifest["sha256"]["forget"] = file_sha256(target / "forget.jsonl")
+    manifest["counts"]["forget"] = 1
 
 
 def outside(target: Path, manifest: dict) -> None:
@@ -144,6 +164,26 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("evaluate --batch-size 0", lambda w: ["evaluate", str(w.run), "--batch-size", "0"], "must be at least 1"),
     ("evaluate a missing task file", lambda w: ["evaluate", str(w.run), "--tasks", str(w.tmp / "none.jsonl")], "does not exist"),
     ("bench engine --k 0", lambda w: ["bench", "engine", "--k", "0"], "must be at least 1"),
+    ("manifest without a table's hash", lambda w: train(w, "--data", str(prepared_copy(w, without_hash))), "records no SHA-256"),
+    ("manifest with a null hash", lambda w: train(w, "--data", str(prepared_copy(w, null_hash))), "records no SHA-256"),
+    ("manifest with a wrong count", lambda w: train(w, "--data", str(prepared_copy(w, wrong_count))), "but the manifest says"),
+    ("row whose text is a number", lambda w: train(w, "--data", str(prepared_copy(w, text_not_a_string))), "'text' is int, not text"),
+    ("duplicate YAML keys", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: unlearning\napp: safety\n"))],
+     "key 'app' is given twice"),
+    ("steps: true", lambda w: train(w, "--set", "train.steps=true"), "expected an integer (got true)"),
+    ("a float for an integer", lambda w: train(w, "--set", "optim.k=4.0"), "expected an integer (got 4.0)"),
+    ("a number for a boolean", lambda w: train(w, "--set", "train.deterministic=1"), "expected true or false"),
+    ("steps beyond 1e9", lambda w: train(w, "--set", "train.steps=1000000000000000000000000000000"), "less than or equal to 1000000000"),
+    ("pome --scale nan", lambda w: ["pome", str(w.run), "-o", str(w.tmp / "p"), "--scale", "nan"], "positive finite number"),
+    ("pome --scale -1", lambda w: ["pome", str(w.run), "-o", str(w.tmp / "p"), "--scale", "-1"], "positive finite number"),
+    ("pome --scale inf", lambda w: ["pome", str(w.run), "-o", str(w.tmp / "p"), "--scale", "inf"], "positive finite number"),
+    ("bench precision --lr nan", lambda w: ["bench", "precision", "--lr", "nan"], "positive finite number"),
+    ("bench precision --steps 0", lambda w: ["bench", "precision", "--steps", "0"], "must be at least 1"),
+    ("bench train --steps 0", lambda w: ["bench", "train", "--steps", "0"], "must be at least 1"),
+    ("bench toy --steps 0", lambda w: ["bench", "toy", "--steps", "0"], "must be at least 4"),
+    ("bench toy --steps -1", lambda w: ["bench", "toy", "--steps", "-1"], "must be at least 4"),
+    ("bench distributed --processes 100000", lambda w: ["bench", "distributed", "--processes", "100000"], "CPU cores"),
+    ("bench engine --tol 2", lambda w: ["bench", "engine", "--tol", "2"], "between 0 and 1"),
     ("bench engine --device tpu", lambda w: ["bench", "engine", "--device", "tpu"], "is not a device"),
 ]  # fmt: skip
 

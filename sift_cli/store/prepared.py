@@ -45,7 +45,8 @@ class PreparedData:
         return path
 
     def rows(self, name: str, fields: Sequence[str] = ()) -> list[dict[str, Any]]:
-        """The table's rows, each checked to hold `fields` (a missing one is named with its line)."""
+        """The table's rows, each checked to hold `fields` as text (a missing or non-text one is named
+        with its line)."""
         path = self.file(name)
         rows = []
         for number, row in enumerate(read_jsonl(path), start=1):
@@ -54,13 +55,18 @@ class PreparedData:
                 raise SiftError(
                     f"{path}:{number}: row lacks {', '.join(repr(f) for f in missing)}; re-run `sift prepare {self.manifest['app']}`"
                 )
+            wrong = next((field for field in fields if not isinstance(row[field], str)), None)
+            if wrong is not None:
+                raise SiftError(
+                    f"{path}:{number}: the row's {wrong!r} is {type(row[wrong]).__name__}, not text; re-run `sift prepare {self.manifest['app']}`"
+                )
             rows.append(row)
         return rows
 
 
 def load_prepared(path: Path, app: str) -> PreparedData:
     """The prepared data at `path`, checked: made for `app`, every table inside the directory and as
-    the manifest recorded it (row count, and SHA-256 where recorded)."""
+    the manifest recorded it (row count and SHA-256)."""
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -93,18 +99,18 @@ def load_prepared(path: Path, app: str) -> PreparedData:
 
 
 def _check_table(path: Path, manifest: dict[str, Any], name: str, fix: str) -> None:
-    """A table as its manifest recorded it: the hash when there is one, else the row count."""
+    """A table as its manifest recorded it: its SHA-256 and its row count, both required (a manifest
+    that lacks either cannot vouch for the table)."""
     expected_hash = (manifest.get("sha256") or {}).get(name)
-    if expected_hash is not None:
-        if file_sha256(path) != expected_hash:
-            raise SiftError(f"{path} changed since it was prepared (its SHA-256 differs from the manifest's); {fix}")
-        return
     expected_rows = (manifest.get("counts") or {}).get(name)
-    if expected_rows is not None:
-        with open(path, "rb") as fh:
-            found = sum(1 for line in fh if line.strip())
-        if found != expected_rows:
-            raise SiftError(f"{path} holds {found} rows but the manifest says {expected_rows}; {fix}")
+    if not isinstance(expected_hash, str) or isinstance(expected_rows, bool) or not isinstance(expected_rows, int):
+        raise SiftError(f"{path.parent / MANIFEST} records no SHA-256 and row count for table {name!r}, so it cannot be checked; {fix}")
+    if file_sha256(path) != expected_hash:
+        raise SiftError(f"{path} changed since it was prepared (its SHA-256 differs from the manifest's); {fix}")
+    with open(path, "rb") as fh:
+        found = sum(1 for line in fh if line.strip())
+    if found != expected_rows:
+        raise SiftError(f"{path} holds {found} rows but the manifest says {expected_rows}; {fix}")
 
 
 def file_sha256(path: Path) -> str:

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 
 from sift_cli.errors import SiftError
-from sift_cli.spec import RunSpec, validate_spec
+from sift_cli.spec import RunSpec, parse_yaml, validate_spec
 from sift_cli.store.atomic import write_text
 from sift_cli.store.lock import LOCK
 from sift_cli.store.prepared import MANIFEST, PreparedData, load_prepared
@@ -150,7 +150,7 @@ class RunDir:
         """The validated spec this run was trained with, its output pointing here (the directory may
         have been moved since). Every reader of a run gets its settings through this one model."""
         try:
-            tree = yaml.safe_load(self.spec_path.read_text(encoding="utf-8"))
+            tree = parse_yaml(self.spec_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise SiftError(f"{self.spec_path} cannot be read ({type(exc).__name__}); restore it from the `sift train` run") from None
         if not isinstance(tree, dict):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sift_cli.cli import app
 from sift_cli.errors import SiftError
-from sift_cli.store.prepared import load_prepared, write_prepared
+from sift_cli.store.prepared import file_sha256, load_prepared, write_prepared
 
 runner = CliRunner()
 TEXTS = [f"Note {i}: the virus enters the cell, copies its genome and spreads to the next cell." for i in range(12)]
@@ -100,10 +100,18 @@ def test_a_table_that_differs_from_its_manifest_is_refused(tmp_path) -> None:
     with pytest.raises(SiftError, match="changed since it was prepared"):
         load_prepared(out, "unlearning")
     manifest = json.loads((out / "manifest.json").read_text())
-    del manifest["sha256"]  # a manifest from before hashes: its row counts still hold
+    manifest["sha256"]["forget"] = file_sha256(out / "forget.jsonl")  # a hash that matches, a count that does not
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(SiftError, match="holds 2 rows but the manifest says 1"):
         load_prepared(out, "unlearning")
+    for unvouched in (None, "deleted"):  # a manifest without a table's hash vouches for nothing
+        if unvouched is None:
+            manifest["sha256"]["forget"] = None
+        else:
+            del manifest["sha256"]
+        (out / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(SiftError, match="records no SHA-256 and row count for table 'forget'"):
+            load_prepared(out, "unlearning")
 
 
 @pytest.mark.parametrize("outside", ["../../x.jsonl", "/etc/passwd"])
