@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from sift_cli.errors import SiftError
+from sift_cli.errors import SiftError, describe_os_error
 
 app = typer.Typer(
     help="Constrained model steering with SIFT: keep utility (f) while satisfying a constraint (g).",
@@ -32,7 +32,7 @@ headers ("optim…") in a log; a terminal keeps its own width."""
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a `SiftError` as one red line and exit 2, without a traceback."""
+    """Print a `SiftError`, or a file-system `OSError`, as one red line and exit 2, without a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -41,6 +41,10 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except SiftError as exc:
             error_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
+        except OSError as exc:
+            # the one boundary for file-system failures no module foresaw: a full disk, a read-only directory
+            error_console.print(f"[red]error:[/red] {escape(describe_os_error(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper
 

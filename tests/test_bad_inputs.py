@@ -110,6 +110,13 @@ def run_copy(world: World, edit: Callable[[str], str]) -> Path:
     return target
 
 
+def run_with_file(world: World, name: str, content: bytes) -> Path:
+    target = world.tmp / "run"
+    shutil.copytree(world.run, target)
+    (target / name).write_bytes(content)
+    return target
+
+
 def ragtruth_dir(world: World, labels: list, responses: int = 1) -> Path:
     response = "The capital of Zorbia is Paris today ."
     rows = [{"id": "r1", "source_id": "s1", "model": "m", "labels": labels, "split": "train", "quality": "good",
@@ -168,6 +175,10 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("manifest with a null hash", lambda w: train(w, "--data", str(prepared_copy(w, null_hash))), "records no SHA-256"),
     ("manifest with a wrong count", lambda w: train(w, "--data", str(prepared_copy(w, wrong_count))), "but the manifest says"),
     ("row whose text is a number", lambda w: train(w, "--data", str(prepared_copy(w, text_not_a_string))), "'text' is int, not text"),
+    ("localize a non-UTF-8 alignment log", lambda w: ["localize", str(run_with_file(w, "alignment.csv", b"step,block\n\xff\xfe,x\n"))],
+     "is not UTF-8 text"),
+    ("localize an alignment log of other columns", lambda w: ["localize", str(run_with_file(w, "alignment.csv", b"a,b\n1,2\n"))],
+     "not a sift alignment log"),
     ("duplicate YAML keys", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: unlearning\napp: safety\n"))],
      "key 'app' is given twice"),
     ("steps: true", lambda w: train(w, "--set", "train.steps=true"), "expected an integer (got true)"),

@@ -255,6 +255,34 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_resume_is_exact(tiny_
     assert all(torch.equal(expected[name], got[name]) for name in expected)
 
 
+def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tiny_model_dir, data_dir, tmp_path) -> None:
+    """A file-size limit (RLIMIT_FSIZE in the child, what a full disk looks like to one writer) stops the
+    first checkpoint: one line that says so, exit 2, nothing half-written; with room again the run
+    resumes from the start and ends where an uninterrupted one does."""
+    import resource
+
+    common = ["--steps", "2", "--set", "train.checkpoint_every=1"]
+    straight = tmp_path / "straight"
+    assert invoke(*train_args(tiny_model_dir, data_dir, straight, *common)).exit_code == 0
+    full = tmp_path / "full"
+    limit = 60_000  # the run's small files fit, a checkpoint does not
+
+    def lower_the_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    first = subprocess.run([sys.executable, "-m", "sift_cli.cli", *train_args(tiny_model_dir, data_dir, full, *common)],
+                           preexec_fn=lower_the_limit, capture_output=True, text=True, timeout=300)  # fmt: skip
+    errors = [line for line in first.stderr.splitlines() if line.strip()]
+    assert first.returncode == 2 and len(errors) == 1, first.stderr[-2000:]
+    assert "step-0000001.pt: the disk is full or a file-size limit was reached" in errors[0]
+    assert list((full / "checkpoints").iterdir()) == [] and not [p for p in full.rglob("*.tmp")]
+    resumed = run_cli_process(["train", "--resume", str(full)])
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = weights(straight), weights(full)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    assert list(RunDir(full).read_metrics()["step"]) == [1, 2]
+
+
 def test_a_diverging_run_stops_clearly_and_keeps_its_last_checkpoint(tiny_model_dir, data_dir, tmp_path) -> None:
     run_path = tmp_path / "diverged"
     args = train_args(tiny_model_dir, data_dir, run_path, "--steps", "6", "--method", "adamw", "--lr", "1e36")

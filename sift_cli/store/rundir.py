@@ -191,14 +191,23 @@ class RunDir:
         path = self.path / ALIGNMENT
         if not path.exists():
             return pd.DataFrame(columns=list(ALIGNMENT_COLUMNS))
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SiftError(f"{path} is not UTF-8 text (it was not written by sift, or was damaged); restore it or train the run again") from None
         complete = text[: text.rfind("\n") + 1]
         if not complete.strip():
             return pd.DataFrame(columns=list(ALIGNMENT_COLUMNS))
         frame = pd.read_csv(io.StringIO(complete), on_bad_lines="skip")
+        missing = [column for column in ("step", "block", "branch", "layer", "tau") if column not in frame.columns]
+        if missing:
+            raise SiftError(f"{path} lacks the column(s) {', '.join(missing)}: it is not a sift alignment log; restore it")
         frame = frame.dropna(subset=["step", "block", "branch"])
-        frame["step"] = frame["step"].astype(int)
-        frame["layer"] = frame["layer"].astype(int)
+        try:
+            frame["step"] = frame["step"].astype(int)
+            frame["layer"] = frame["layer"].astype(int)
+        except (TypeError, ValueError):
+            raise SiftError(f"{path} has a step or layer that is not a whole number: it was damaged; restore it") from None
         frame["candidate"] = frame["candidate"].astype(str).str.lower().eq("true")
         frame["subspace_error"] = pd.to_numeric(frame.get("subspace_error", math.nan), errors="coerce")
         frame["subspace_fallback"] = frame.get("subspace_fallback", pd.Series(False, index=frame.index))

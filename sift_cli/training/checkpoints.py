@@ -3,6 +3,7 @@ keeping the newest two, and falling back past ones a kill left unreadable."""
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -44,6 +45,10 @@ def read_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
     return state
 
 
+WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+"""How torch's archive writer words a write that the file system refused."""
+
+
 def checkpoint_path(run: RunDir, step: int, sharded: bool = False) -> Path:
     """`step-NNNNNNN.pt`, or the directory of a sharded checkpoint."""
     return run.checkpoints / (f"step-{step:07d}" if sharded else f"step-{step:07d}.pt")
@@ -52,7 +57,14 @@ def checkpoint_path(run: RunDir, step: int, sharded: bool = False) -> Path:
 def write_checkpoint(run: RunDir, step: int, state: dict[str, Any]) -> None:
     """One process's whole state as `step-NNNNNNN.pt`, written atomically (a kill leaves the previous
     checkpoints as they were)."""
-    write_with(checkpoint_path(run, step), lambda tmp: torch.save(state, tmp))
+    path = checkpoint_path(run, step)
+    try:
+        write_with(path, lambda tmp: torch.save(state, tmp))
+    except RuntimeError as exc:
+        # torch's archive writer reports a failed write (full disk, file-size limit) as a RuntimeError
+        if not any(sign in str(exc) for sign in WRITE_FAILED):
+            raise
+        raise OSError(errno.ENOSPC, "the checkpoint could not be written", str(path)) from None
 
 
 def prune_checkpoints(run: RunDir) -> None:
