@@ -431,7 +431,21 @@ def _register_prepare_commands() -> None:
     from sift_cli.apps import APPS, prepare_command
 
     for name in APPS:
-        prepare_app.command(name)(user_errors(prepare_command(name)))
+        prepare_app.command(name)(user_errors(output_locked(prepare_command(name))))
+
+
+def output_locked(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Hold `sift prepare`'s output place for the whole command, so that a second prepare into the same
+    place is refused instead of renaming over the first one's data."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sift_cli.store.lock import parent_locked
+
+        with parent_locked(kwargs["output"], "prepare into it"):
+            return command(*args, **kwargs)
+
+    return wrapper
 
 
 _register_prepare_commands()

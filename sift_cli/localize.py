@@ -30,6 +30,7 @@ from rich.table import Table
 from sift_cli.errors import SiftError
 from sift_cli.output import summary
 from sift_cli.store.atomic import write_text, write_with
+from sift_cli.store.places import check_output_place
 from sift_cli.store.rundir import ALIGNMENT, SPEC, TRAINER_SETTINGS, RunDir
 
 ENERGY_LEVELS = (0.90, 0.95, 0.99)
@@ -103,8 +104,10 @@ def localize(run_dirs: list[Path], output: Path | None = None, console: Console 
     """
     if not run_dirs:
         raise SiftError("no run directory given; pass one or more `sift train` output directories")
-    if output is not None and output.exists() and not output.is_dir():
-        raise SiftError(f"--output {output} is a file; pass a directory for the plots")
+    if output is not None:
+        check_output_place(output)
+        if output.exists() and not output.is_dir():
+            raise SiftError(f"--output {output} is a file; pass a directory for the plots")
     console = console or Console()
     logs = [load_run(Path(path), name) for path, name in zip(run_dirs, run_names(run_dirs))]
     results = []

@@ -23,6 +23,8 @@ from sift_cli.errors import SiftError
 from sift_cli.hf.loading import load_model, load_tokenizer
 from sift_cli.training.plan import trainable_regex
 from sift_cli.store.atomic import write_json, write_text
+from sift_cli.store.lock import locked
+from sift_cli.store.places import check_output_place
 from sift_cli.store.rundir import ALIGNMENT, DATA, ENV, METRICS, POME, SPECTRA, RunDir
 from sift_cli.store.transaction import staged_directory
 
@@ -30,9 +32,11 @@ COPIED_LOGS = (ENV, METRICS, ALIGNMENT, SPECTRA)
 
 
 def check_target(output: Path, source: RunDir) -> None:
-    """The new run goes into a directory that does not exist yet or is empty: never over anything."""
+    """The new run goes into a directory that does not exist yet or is empty: never over anything, and
+    never inside a run."""
     if output.resolve() == source.path.resolve():
         raise SiftError(f"--output {output} is the source run itself; pass a new directory")
+    check_output_place(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise SiftError(f"--output {output} already exists and is not an empty directory; pass a new directory")
 
@@ -40,22 +44,31 @@ def check_target(output: Path, source: RunDir) -> None:
 def pome_run(
     run_dir: Path, output: Path, rank_fraction: float = 0.5, scale: str | float = "mean", console: Console | None = None
 ) -> RunDir:
-    """Apply POME to the finished run in `run_dir` and write the edited run to `output`."""
+    """Apply POME to the finished run in `run_dir` and write the edited run to `output`. The source run
+    is held with a shared lock throughout: a `sift train --resume` of it cannot change its model and
+    spec under the edit (and is refused while the edit runs)."""
     console = console or Console()
-    source = RunDir.open(run_dir)
-    spec = source.load_spec()
-    if not source.has_model():
-        raise SiftError(f"{source.path} has no trained model yet (no model/); finish it with `sift train --resume {source.path}`")
-    if spec.train.lora is not None:
-        raise SiftError(
-            f"{source.path} trained LoRA adapters (rank {spec.train.lora.rank}): their change is low-rank already and POME "
-            "edits full weight changes; run POME on a full fine-tuning run"
-        )
     if not 0.0 < rank_fraction <= 1.0:
         raise SiftError(f"--rank-fraction {rank_fraction} must be in (0, 1]")
     if not isinstance(scale, str) and not (math.isfinite(scale) and scale > 0):
         raise SiftError(f"--scale {scale} must be 'mean' or a positive finite number (the singular value every kept direction gets)")
-    check_target(output, source)
+    source = RunDir.open(run_dir)
+    with locked(source.path, "edit it with POME", shared=True):
+        spec = source.load_spec()
+        if not source.has_model():
+            raise SiftError(f"{source.path} has no trained model yet (no model/); finish it with `sift train --resume {source.path}`")
+        if spec.train.lora is not None:
+            raise SiftError(
+                f"{source.path} trained LoRA adapters (rank {spec.train.lora.rank}): their change is low-rank already and POME "
+                "edits full weight changes; run POME on a full fine-tuning run"
+            )
+        check_target(output, source)
+        _edit(source, spec, output, rank_fraction, scale, console)
+    return RunDir(output)
+
+
+def _edit(source: RunDir, spec: Any, output: Path, rank_fraction: float, scale: str | float, console: Console) -> None:
+    """The edit itself, while the source run is held against writers (a resume changing model/ and spec.yaml)."""
     pattern = trainable_regex(spec)
     base = load_model(spec.model)
     trained = load_model(spec.model, path=str(source.model_dir))
@@ -73,7 +86,6 @@ def pome_run(
     }
     _write_atomically(output, source, spec.model_copy(update={"output": output.resolve()}).to_yaml(), trained, tokenizer, record)
     console.print(f"POME edit of {source.path} ({len(blocks)} blocks, top {rank_fraction:g} of each change's rank) written to {output}")
-    return RunDir(output)
 
 
 def _write_atomically(output: Path, source: RunDir, spec_yaml: str, model: Any, tokenizer: Any, record: dict[str, Any]) -> None:

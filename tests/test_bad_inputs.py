@@ -7,7 +7,9 @@ shared run and data) before and after.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +119,43 @@ def run_with_file(world: World, name: str, content: bytes) -> Path:
     return target
 
 
+HELD: list[int] = []
+"""Locks a case holds as "another sift process" would (flock is per open file, so this process's own
+commands conflict with them); released after each case."""
+
+
+def held(directory: Path, parent: bool = False) -> Path:
+    """`directory`, created, with its lock (or, for prepare, its parent's) held by pid 12345."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if parent:
+        fd = os.open(directory.parent, os.O_RDONLY)
+    else:
+        fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT)
+        os.pwrite(fd, b"12345\n", 0)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    HELD.append(fd)
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def release_held_locks():
+    yield
+    while HELD:
+        os.close(HELD.pop())
+
+
+def dangling(world: World) -> Path:
+    link = world.tmp / "link"
+    link.symlink_to(world.tmp / "nowhere" / "target")
+    return link
+
+
+def busy_run(world: World) -> Path:
+    target = world.tmp / "run"
+    shutil.copytree(world.run, target)
+    return held(target)
+
+
 def ragtruth_dir(world: World, labels: list, responses: int = 1) -> Path:
     response = "The capital of Zorbia is Paris today ."
     rows = [{"id": "r1", "source_id": "s1", "model": "m", "labels": labels, "split": "train", "quality": "good",
@@ -179,6 +218,23 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
      "is not UTF-8 text"),
     ("localize an alignment log of other columns", lambda w: ["localize", str(run_with_file(w, "alignment.csv", b"a,b\n1,2\n"))],
      "not a sift alignment log"),
+    ("train into a run another process is writing", lambda w: train(w, output=held(w.tmp / "busy")), "in use by another sift process (pid 12345)"),
+    ("resume a run another process is writing", lambda w: ["train", "--resume", str(busy_run(w))], "in use by another sift process (pid 12345)"),
+    ("pome of a run another process is writing", lambda w: ["pome", str(busy_run(w)), "-o", str(w.tmp / "p")], "before you edit it with POME"),
+    ("evaluate a run another process is writing", lambda w: ["evaluate", str(busy_run(w)), "--tasks", ""], "before you evaluate it"),
+    ("compare into a busy comparison", lambda w: ["compare", "--app", "unlearning", "--set", f"data.path={w.data}", "--method", "muon=1e-2",
+                                                  "-o", str(held(w.tmp / "cmp"))], "before you compare into it"),
+    ("prepare while another prepare writes there", lambda w: ["prepare", "unlearning", "--forget", str(texts(w.tmp / "in" / "f.jsonl")),
+                                                              "--retain", str(texts(w.tmp / "in" / "r.jsonl")),
+                                                              "-o", str(held(w.tmp / "out", parent=True))], "another sift prepare is writing"),
+    ("train --output a dangling symlink", lambda w: train(w, output=dangling(w)), "is a symbolic link"),
+    ("localize --output a dangling symlink", lambda w: ["localize", str(w.run), "-o", str(dangling(w))], "is a symbolic link"),
+    ("prepare --output a dangling symlink", lambda w: ["prepare", "unlearning", "--forget", str(texts(w.tmp / "f.jsonl")), "--retain",
+                                                       str(texts(w.tmp / "r.jsonl")), "-o", str(dangling(w))], "is a symbolic link"),
+    ("localize --output inside a run", lambda w: ["localize", str(w.run), "-o", str(w.run / "model")], "is inside the run"),
+    ("pome --output inside a run", lambda w: ["pome", str(w.run), "-o", str(w.run / "pome")], "is inside the run"),
+    ("compare --output inside a run", lambda w: ["compare", "--app", "unlearning", "--set", f"data.path={w.data}", "--method", "muon=1e-2",
+                                                 "-o", str(w.run / "cmp")], "is inside the run"),
     ("duplicate YAML keys", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: unlearning\napp: safety\n"))],
      "key 'app' is given twice"),
     ("steps: true", lambda w: train(w, "--set", "train.steps=true"), "expected an integer (got true)"),

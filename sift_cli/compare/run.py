@@ -11,9 +11,11 @@ test halves of the MCQ files), and the report: `compare.json`, `results.csv`, `p
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -42,22 +44,62 @@ from sift_cli.evaluation.lmeval import CLOZE
 from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json, write_text
+from sift_cli.store.lock import LOCK, locked
+from sift_cli.store.places import check_output_place
 from sift_cli.store.prepared import PreparedData, file_sha256, load_prepared
 from sift_cli.store.rundir import RunDir
 
 RECORD = "compare.yaml"
 
 
-def claim(output: Path, record: str) -> None:
-    """A new or empty directory, or the same comparison's own (which then continues)."""
+def check_claimable(output: Path) -> None:
+    """Before anything is written: a new or empty directory, or a comparison's own."""
+    check_output_place(output)
+    if (output / RECORD).is_file():
+        return
+    if output.exists() and (not output.is_dir() or any(entry.name != LOCK for entry in output.iterdir())):
+        raise SiftError(f"--output {output} exists and is not a comparison directory; pass a new --output")
+
+
+def claim(output: Path, record: str) -> bool:
+    """Under the output's lock: write the comparison's record, or check that it is this comparison's
+    own (which then continues). Returns whether this call started the comparison."""
     marker = output / RECORD
     if marker.is_file():
         if marker.read_text(encoding="utf-8") != record:
             raise SiftError(f"{output} holds a different comparison ({RECORD} differs: another command, or the data changed); pass a new --output")
-        return
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise SiftError(f"--output {output} exists and is not a comparison directory; pass a new --output")
+        return False
+    check_claimable(output)
     write_text(marker, record)
+    return True
+
+
+@contextmanager
+def claimed(output: Path, record: str) -> Iterator[None]:
+    """The comparison directory, locked for this process; a refusal before any run was trained takes
+    back what this call wrote (the record, the task splits, cached scores), so that the corrected
+    command finds the directory as it was."""
+    check_claimable(output)
+    created = not output.exists()
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        with locked(output, "compare into it"):
+            started = claim(output, record)
+            try:
+                yield
+            except SiftError:
+                runs = output / "runs"
+                if started and not (runs.is_dir() and any(runs.iterdir())):
+                    for name in (RECORD, "tasks", "scores", "runs"):
+                        target = output / name
+                        if target.is_dir():
+                            shutil.rmtree(target)
+                        else:
+                            target.unlink(missing_ok=True)
+                raise
+    finally:
+        if created and [entry.name for entry in output.iterdir()] == [LOCK]:
+            shutil.rmtree(output)
 
 
 def input_hashes(data: PreparedData, tasks: list[str]) -> dict[str, Any]:
@@ -93,7 +135,14 @@ def run_compare(
     data = load_prepared(Path(base.data.path), base.app)
     hashes = input_hashes(data, tasks)
     record = {"base": base.model_dump(mode="json"), "compare": options.model_dump(mode="json"), "tasks": tasks, "inputs": hashes}
-    claim(output, yaml.safe_dump(record, sort_keys=True))
+    with claimed(output, yaml.safe_dump(record, sort_keys=True)):
+        return _compare(base, options, output, tasks, data, hashes, console, batch_size, title, notes)
+
+
+def _compare(
+    base: RunSpec, options: CompareOptions, output: Path, tasks: list[str], data: PreparedData, hashes: dict[str, Any],
+    console: Console, batch_size: int, title: str | None, notes: tuple[str, ...],
+) -> dict[str, Any]:  # fmt: skip
     examples = build_examples(base, tasks, output / "tasks", data)
     digest = examples_digest(examples)
     metrics: CompareMetrics = get_app(base.app).COMPARE_METRICS

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from sift_cli.errors import SiftError, first_line
 from sift_cli.store.atomic import write_json, write_jsonl
+from sift_cli.store.places import check_output_place
 from sift_cli.store.transaction import is_temporary, staged_directory
 
 MANIFEST = "manifest.json"
@@ -126,6 +127,7 @@ def check_output(output: Path, inputs: Iterable[str | Path] = ()) -> None:
     refuse: a file, a directory holding anything but earlier prepared data, an unwritable place, or
     a directory that is (or holds) one of the inputs."""
     output = Path(output)
+    check_output_place(output)
     resolved = output.resolve()
     for item in inputs:
         source = Path(item).expanduser().resolve()

@@ -32,10 +32,10 @@ from sift_cli.errors import SiftError
 from sift_cli.spec import RunSpec, parse_yaml, validate_spec
 from sift_cli.store.atomic import write_text
 from sift_cli.store.lock import LOCK
+from sift_cli.store.places import SPEC
 from sift_cli.store.prepared import MANIFEST, PreparedData, load_prepared
 from sift_cli.store.transaction import is_temporary, remove_temporary
 
-SPEC = "spec.yaml"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
 ALIGNMENT = "alignment.csv"

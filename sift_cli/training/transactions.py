@@ -17,7 +17,8 @@ from sift_cli.apps import get_app
 from sift_cli.errors import SiftError
 from sift_cli.spec import RunSpec, validate_spec
 from sift_cli.store.atomic import write_text
-from sift_cli.store.lock import locked
+from sift_cli.store.lock import busy, holder, locked
+from sift_cli.store.places import check_output_place
 from sift_cli.store.prepared import copy_tables
 from sift_cli.store.rundir import POME, RunDir
 from sift_cli.training import tracking
@@ -31,8 +32,12 @@ def check_new_output(path: Path) -> None:
     """Refuse, before anything loads, an --output a new run cannot own: a file, a run (resume it), a
     directory holding anything else, or a place that cannot be created."""
     run = RunDir(path)
+    check_output_place(path)
     if path.exists() and not path.is_dir():
         raise SiftError(f"--output {path} is a file; pass a directory for the run")
+    pid = holder(path)
+    if pid is not None:
+        raise busy(path, "train into it", pid)
     if run.holds_run():
         raise SiftError(
             f"{path} already holds a run; resume it with `sift train --resume {path}` or pass a new --output"
@@ -99,6 +104,7 @@ def train(spec: RunSpec, console: Console | None = None, resume: bool = False, c
     console = console or Console()
     tracking.check_tracker(spec.train.report_to)
     if not resume:
+        check_output_place(Path(spec.output))  # before resolving: a link must be refused, not followed
         spec = absolute_spec(spec)
     run = RunDir(Path(spec.output))
     with process_group_closed():
