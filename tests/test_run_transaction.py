@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 from test_train import data_dir, invoke, train_args, weights  # noqa: F401  (data_dir is a fixture)
 
+from sift_cli import api
 from sift_cli.apps.base import EvalOptions
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.evaluate import evaluate_run
@@ -209,3 +210,17 @@ def test_a_run_is_self_contained_and_keeps_every_evaluation(tiny_model_dir, data
     stored = json.loads((run_path / "eval" / "results.json").read_text())["evaluations"]
     assert [entry["made"]["limit"] for entry in stored] == [None, 1]
     assert stored[0]["made"]["versions"]["torch"] == torch.__version__
+
+
+def test_resuming_a_finished_run_changes_nothing_and_a_longer_resume_keeps_the_card_results(tiny_model_dir, data_dir, tmp_path) -> None:  # noqa: F811
+    run_path = tmp_path / "run"
+    assert invoke(*train_args(tiny_model_dir, data_dir, run_path, "--steps", "1")).exit_code == 0
+    api.evaluate(run_path, tasks=[], console=Console(quiet=True))
+    files = {p: p.read_bytes() for p in sorted(run_path.rglob("*")) if p.is_file() and p.name != ".lock"}
+    again = invoke("train", "--resume", str(run_path))
+    assert again.exit_code == 0 and "nothing to do" in again.output, again.output
+    assert {p: p.read_bytes() for p in sorted(run_path.rglob("*")) if p.is_file() and p.name != ".lock"} == files
+    assert "perplexity.retain" in (run_path / "model" / "README.md").read_text()
+    longer = invoke("train", "--resume", str(run_path), "--steps", "2")
+    assert longer.exit_code == 0, longer.output
+    assert "perplexity.retain" in (run_path / "model" / "README.md").read_text()  # rebuilt from eval/results.json

@@ -7,7 +7,6 @@ with how it was made (command, tasks, limit, batch size, sample sizes, versions)
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,9 +26,9 @@ from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json
 from sift_cli.store.lock import locked
+from sift_cli.store.evaluations import RESULTS, flatten, read_evaluations
 from sift_cli.store.rundir import RunDir
 
-RESULTS = "results.json"
 
 
 def eval_device() -> torch.device:
@@ -71,30 +70,16 @@ def evaluate_run(run_dir: Path, options: EvalOptions, console: Console | None = 
         raise SiftError(f"{run.path} has no trained model yet (no model/); finish it with `sift train --resume {run.path}`")
     check_options(options)
     with locked(run.path, "evaluate it"):
+        run.remove_temporary()  # what a killed evaluate left (a model card's temporary file in model/)
         earlier = read_evaluations(run)
         model, tokenizer = load_for_eval(spec, run.model_dir)
         results = {"app": spec.app, "model": str(run.model_dir), **evaluate_model(model, tokenizer, spec, options, run)}
         entry = {**results, "made": provenance(options)}
         write_json(run.eval_dir / RESULTS, {"evaluations": [*earlier, entry]})
-        write_model_card(run, spec, [row for row in flatten(results) if row[0] not in ("app", "model")])
+        write_model_card(run, spec)
     console.print(results_table(results, title=f"{spec.app}: {run.path}"))
     summary(console, f"evaluated {spec.app} (evaluation {len(earlier) + 1}); model card updated", run.eval_dir / RESULTS)
     return entry
-
-
-def read_evaluations(run: RunDir) -> list[dict[str, Any]]:
-    """The evaluations results.json already holds; a file from before the history (one flat result)
-    becomes the first entry, marked as made in an unrecorded way."""
-    path = run.eval_dir / RESULTS
-    if not path.is_file():
-        return []
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SiftError(f"{path} cannot be read ({type(exc).__name__}); move it aside to start a new history") from None
-    if isinstance(stored, dict) and isinstance(stored.get("evaluations"), list):
-        return stored["evaluations"]
-    return [{**stored, "made": {"recorded": False}}] if isinstance(stored, dict) else []
 
 
 def provenance(options: EvalOptions) -> dict[str, Any]:
@@ -120,18 +105,6 @@ def provenance(options: EvalOptions) -> dict[str, Any]:
             "python": sys.version.split()[0],
         },
     }
-
-
-def flatten(results: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested metrics as (dotted name, value) rows, e.g. ("lm_eval.wmdp_bio.acc", 0.31)."""
-    rows = []
-    for key, value in results.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            rows += flatten(value, f"{name}.")
-        else:
-            rows.append((name, value))
-    return rows
 
 
 def results_table(results: dict[str, Any], title: str) -> Table:

@@ -18,6 +18,7 @@ import sift_cli
 from sift_cli.spec import DEFAULT_MODEL, RunSpec
 from sift_cli.store.atomic import write_text
 from sift_cli.store.prepared import MANIFEST
+from sift_cli.store.evaluations import latest_metrics
 from sift_cli.store.rundir import ENV, RunDir
 
 CARD = "README.md"
@@ -74,8 +75,10 @@ def dataset_ids(spec: RunSpec) -> list[str]:
     return found
 
 
-def write_model_card(run: RunDir, spec: RunSpec, metrics: list[tuple[str, Any]] | None = None) -> Path:
-    """Write model/README.md for `run`, with `sift evaluate`'s (metric, value) rows when given; return its path."""
+def write_model_card(run: RunDir, spec: RunSpec) -> Path:
+    """Write model/README.md for `run`, built from its spec and its newest evaluation (eval/results.json),
+    so that a resumed run keeps the evaluation results on its card; return its path."""
+    metrics = latest_metrics(run)
     from huggingface_hub import ModelCard, ModelCardData
 
     base = base_model_id(spec)

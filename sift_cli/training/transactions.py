@@ -15,6 +15,7 @@ from rich.console import Console
 
 from sift_cli.apps import get_app
 from sift_cli.errors import SiftError
+from sift_cli.output import summary
 from sift_cli.spec import RunSpec, validate_spec
 from sift_cli.store.atomic import write_text
 from sift_cli.store.lock import busy, holder, locked
@@ -156,6 +157,9 @@ def _resume(spec: RunSpec, run: RunDir, console: Console, changes: dict[str, lis
     ranks.agreed(claim)
     latest = latest_checkpoint(run)
     done = int(latest.stem.removeprefix("step-")) if latest is not None else 0
+    if done == spec.train.steps and not changes and run.has_model():
+        summary(console, f"nothing to do: {run.path.name} finished its {done} steps and wrote model/; pass --steps N to train longer", run.path)
+        return run
 
     def load() -> Trainer:
         if spec.train.steps < done:
