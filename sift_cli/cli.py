@@ -98,6 +98,14 @@ def train(
     """Train a model on f (utility) under the constraint g."""
     from sift_cli.spec import resolve_spec
 
+    for flag, value in (("--gpu-memory", gpu_memory), ("--processes", processes)):
+        if value is not None and not dry_run:
+            raise SiftError(f"{flag} only sizes a --dry-run; add --dry-run, or drop {flag} to train")
+    if gpu_memory is not None:
+        from sift_cli.memory import parse_size
+
+        parse_size(gpu_memory)  # a bad size is refused before the plan is printed
+
     if resume is not None:
         fixed = {"--app": app_name, "--preset": preset, "--config": config, "--method": method, "--eps": eps, "--k": k,
                  "--model": model, "--data": data, "--output": output, "--set": assignments or None}  # fmt: skip
@@ -452,7 +460,20 @@ _register_prepare_commands()
 
 
 def main() -> None:
-    app(prog_name="sift")
+    """The `sift` command. A usage error (a bad flag value, an unknown option) is one line and exit 2,
+    like every other refusal, instead of click's boxed panel."""
+    # click's UsageError, from whichever click typer runs on (recent typer vendors its own)
+    usage_error = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "UsageError")
+    try:
+        code = app(prog_name="sift", standalone_mode=False)
+    except usage_error as exc:
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+        error_console.print(f"[red]error:[/red] {escape(exc.format_message().rstrip('.'))}{where}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        error_console.print("[red]error:[/red] aborted", highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -235,6 +237,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("pome --output inside a run", lambda w: ["pome", str(w.run), "-o", str(w.run / "pome")], "is inside the run"),
     ("compare --output inside a run", lambda w: ["compare", "--app", "unlearning", "--set", f"data.path={w.data}", "--method", "muon=1e-2",
                                                  "-o", str(w.run / "cmp")], "is inside the run"),
+    ("--gpu-memory without --dry-run", lambda w: train(w, "--gpu-memory", "80GiB"), "only sizes a --dry-run"),
+    ("a bad --gpu-memory, before the plan", lambda w: train(w, "--dry-run", "--gpu-memory", "lots"), "expected a size such as 80GiB"),
     ("duplicate YAML keys", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: unlearning\napp: safety\n"))],
      "key 'app' is given twice"),
     ("steps: true", lambda w: train(w, "--set", "train.steps=true"), "expected an integer (got true)"),
@@ -271,3 +275,15 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(tiny_model_dir, data_d
     assert len(lines) == 1 and message in lines[0], result.output
     assert "Traceback" not in result.output
     assert snapshot(tmp_path, data_dir, finished_run) == before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--app", "unlearning", "--steps", "abc"], "error: Invalid value for '--steps'"),
+    (["train", "--bogus"], "error: No such option: --bogus; see `sift train --help`"),
+    (["nosuch"], "error: No such command 'nosuch'; see `sift --help`"),
+])  # fmt: skip
+def test_usage_errors_are_one_line_and_exit_2(args, message) -> None:
+    """What the `sift` executable prints (the in-process runner above bypasses its entry point)."""
+    done = subprocess.run([sys.executable, "-m", "sift_cli.cli", *args], capture_output=True, text=True, timeout=120)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), done.stdout + done.stderr
