@@ -97,14 +97,17 @@ def train(spec: RunSpec, console: Console | None = None) -> TrainResult:
     return _train_result(run_training(spec, console=console or Console()).path)
 
 
-def resume(run_dir: str | Path, steps: int | None = None, lr: float | None = None, console: Console | None = None) -> TrainResult:
-    """Continue a run from its newest readable checkpoint, optionally to more `steps` or with a new
-    `lr` (`sift train --resume`)."""
+def resume(
+    run_dir: str | Path, steps: int | None = None, lr: float | None = None, data: str | Path | None = None, console: Console | None = None
+) -> TrainResult:
+    """Continue a run from its newest readable checkpoint, optionally to more `steps`, with a new `lr`,
+    or reading its prepared data from where it moved (`data`, checked to be the same data) (`sift
+    train --resume`)."""
     from sift_cli.store.rundir import RunDir
     from sift_cli.training import resume_changes
     from sift_cli.training import train as run_training
 
-    spec, changes = resume_changes(RunDir.open(run_dir).load_spec(), steps=steps, lr=lr)
+    spec, changes = resume_changes(RunDir.open(run_dir).load_spec(), steps=steps, lr=lr, data=None if data is None else Path(data))
     return _train_result(run_training(spec, console=console or Console(), resume=True, changes=changes).path)
 
 

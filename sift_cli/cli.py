@@ -87,7 +87,7 @@ def train(
     lr: Optional[float] = typer.Option(None, help="learning rate"),
     steps: Optional[int] = typer.Option(None, help="optimizer steps"),
     model: Optional[str] = typer.Option(None, help="HF hub id or local directory"),
-    data: Optional[Path] = typer.Option(None, help="prepared-data directory"),
+    data: Optional[Path] = typer.Option(None, help="prepared-data directory (with --resume: where the run's data moved)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="run directory to write"),
     assignments: List[str] = typer.Option([], "--set", help="any spec field: --set train.batch_size=8"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved spec, routing and memory; train nothing"),
@@ -108,14 +108,14 @@ def train(
 
     if resume is not None:
         fixed = {"--app": app_name, "--preset": preset, "--config": config, "--method": method, "--eps": eps, "--k": k,
-                 "--model": model, "--data": data, "--output": output, "--set": assignments or None}  # fmt: skip
+                 "--model": model, "--output": output, "--set": assignments or None}  # fmt: skip
         given = [flag for flag, value in fixed.items() if value is not None]
         if given:
             raise SiftError(
-                f"--resume continues a run with its own spec and takes only --steps, --lr and --dry-run, not {given[0]}; "
+                f"--resume continues a run with its own spec and takes only --steps, --lr, --data and --dry-run, not {given[0]}; "
                 "start a new run with --output to change other settings"
             )
-        _resume(resume, steps=steps, lr=lr, dry_run=dry_run)
+        _resume(resume, steps=steps, lr=lr, data=data, dry_run=dry_run)
         return
     overrides = {
         "optim.method": method,
@@ -146,15 +146,15 @@ def train(
     api.train(spec, console=console)
 
 
-def _resume(path: Path, steps: Optional[int], lr: Optional[float], dry_run: bool) -> None:
-    """`sift train --resume`: continue a run, with more steps or a new learning rate if asked; a dry run
-    prints what would happen and writes nothing."""
+def _resume(path: Path, steps: Optional[int], lr: Optional[float], data: Optional[Path], dry_run: bool) -> None:
+    """`sift train --resume`: continue a run, with more steps, a new learning rate or its moved data if
+    asked; a dry run prints what would happen and writes nothing."""
     from sift_cli import api
     from sift_cli.store.rundir import RunDir
     from sift_cli.training import latest_checkpoint, resume_changes
 
     run = RunDir.open(path)
-    spec, changes = resume_changes(run.load_spec(), steps=steps, lr=lr)
+    spec, changes = resume_changes(run.load_spec(), steps=steps, lr=lr, data=data)
     if dry_run:
         from sift_cli.training.plan import print_dry_run
 
@@ -163,7 +163,7 @@ def _resume(path: Path, steps: Optional[int], lr: Optional[float], dry_run: bool
         changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()) or "nothing"
         console.print(f"would resume {run.path} from {checkpoint.name if checkpoint else 'the start'}, changing {changed}")
         return
-    api.resume(path, steps=steps, lr=lr, console=console)
+    api.resume(path, steps=steps, lr=lr, data=data, console=console)
 
 
 @app.command()

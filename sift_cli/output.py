@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -54,6 +55,24 @@ def configure_output(verbose: bool) -> None:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
+    _silence_tqdm()
+
+
+def _silence_tqdm() -> None:
+    """Every tqdm bar off, including those whose caller passes `disable=False` itself (lm-eval's request
+    loops do), which TQDM_DISABLE cannot reach."""
+    from tqdm import tqdm
+
+    if getattr(tqdm.__init__, "_sift_quiet", False):
+        return
+    drawn = tqdm.__init__
+
+    def quiet(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["disable"] = True
+        drawn(self, *args, **kwargs)
+
+    quiet._sift_quiet = True  # type: ignore[attr-defined]
+    tqdm.__init__ = quiet  # type: ignore[method-assign]
 
 
 def summary(console: Console, text: str, where: Path | str | None = None) -> None:

@@ -224,3 +224,32 @@ def test_resuming_a_finished_run_changes_nothing_and_a_longer_resume_keeps_the_c
     longer = invoke("train", "--resume", str(run_path), "--steps", "2")
     assert longer.exit_code == 0, longer.output
     assert "perplexity.retain" in (run_path / "model" / "README.md").read_text()  # rebuilt from eval/results.json
+
+
+def test_a_moved_run_with_moved_data_resumes_with_data(tiny_model_dir, data_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    first = tmp_path / "first"
+    assert invoke(*train_args(tiny_model_dir, data, first, "--steps", "1")).exit_code == 0
+    moved, moved_data = tmp_path / "elsewhere" / "run", tmp_path / "elsewhere" / "data"
+    moved.parent.mkdir()
+    first.rename(moved)
+    data.rename(moved_data)
+    lost = invoke("train", "--resume", str(moved), "--steps", "2")
+    assert lost.exit_code == 2 and "resume with `--data NEW_PLACE`" in lost.output
+    other = tmp_path / "other"
+    shutil.copytree(moved_data, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["created"] = "2020-01-01T00:00:00+00:00"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    refused = invoke("train", "--resume", str(moved), "--steps", "2", "--data", str(other))
+    assert refused.exit_code == 2 and "is not the data" in refused.output
+    monkeypatch.chdir(moved.parent)
+    resumed = invoke("train", "--resume", "run", "--steps", "2", "--data", "data")
+    assert resumed.exit_code == 0, resumed.output
+    spec = RunDir(moved).load_spec()
+    assert spec.output == moved.resolve() and Path(spec.data.path) == moved_data.resolve()
+    assert "output: " + str(moved.resolve()) in (moved / "spec.yaml").read_text()
+    assert list(RunDir(moved).read_metrics()["step"]) == [1, 2]

@@ -160,7 +160,7 @@ class RunDir:
         except SiftError as exc:
             raise SiftError(f"{self.spec_path} is not a valid run spec: {exc}") from None
         if Path(spec.output).resolve() != self.path.resolve():
-            spec = spec.model_copy(update={"output": self.path})
+            spec = spec.model_copy(update={"output": self.path.resolve()})
         return spec
 
     def read_env(self) -> dict[str, Any]:

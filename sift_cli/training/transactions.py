@@ -20,7 +20,7 @@ from sift_cli.spec import RunSpec, validate_spec
 from sift_cli.store.atomic import write_text
 from sift_cli.store.lock import busy, holder, locked
 from sift_cli.store.places import check_output_place
-from sift_cli.store.prepared import copy_tables
+from sift_cli.store.prepared import MANIFEST, copy_tables, load_prepared
 from sift_cli.store.rundir import POME, RunDir
 from sift_cli.training import tracking
 from sift_cli.training.checkpoints import latest_checkpoint
@@ -80,11 +80,20 @@ def history_record(event: str, **fields: Any) -> dict[str, Any]:
         **fields,
     }
 
-def resume_changes(spec: RunSpec, steps: int | None = None, lr: float | None = None) -> tuple[RunSpec, dict[str, list[Any]]]:
+def resume_changes(
+    spec: RunSpec, steps: int | None = None, lr: float | None = None, data: Path | None = None
+) -> tuple[RunSpec, dict[str, list[Any]]]:
     """The run's spec with what a resume may change (more steps; a new learning rate, e.g. after a
-    non-finite stop) and {setting: [before, after]} of what did change."""
+    non-finite stop; the place of its prepared data, after a move) and {setting: [before, after]} of
+    what did change."""
     tree = spec.model_dump(mode="json")
     changes: dict[str, list[Any]] = {}
+    if data is None and not (Path(spec.data.path) / MANIFEST).is_file():
+        raise SiftError(f"the run's prepared data is no longer at {spec.data.path}; if it moved, resume with `--data NEW_PLACE`")
+    if data is not None and Path(data).resolve() != Path(spec.data.path).resolve():
+        check_same_data(RunDir(Path(spec.output)), Path(data), spec.app)
+        changes["data.path"] = [str(spec.data.path), str(Path(data).resolve())]
+        tree["data"]["path"] = str(Path(data).resolve())
     if steps is not None and steps != spec.train.steps:
         changes["train.steps"] = [spec.train.steps, steps]
         tree["train"]["steps"] = steps
@@ -92,6 +101,17 @@ def resume_changes(spec: RunSpec, steps: int | None = None, lr: float | None = N
         changes["optim.lr"] = [spec.optim.lr, lr]
         tree["optim"]["lr"] = lr
     return (validate_spec(tree), changes) if changes else (spec, changes)
+
+def check_same_data(run: RunDir, data: Path, app: str) -> None:
+    """`data` holds the prepared data `run` was trained on: made by the same `sift prepare` (its
+    creation time) with the same tables, by SHA-256, as the copy the run keeps in data/."""
+    kept = load_prepared(run.data_dir, app).manifest
+    offered = load_prepared(data, app).manifest
+    differ = [name for name, digest in kept.get("sha256", {}).items() if offered.get("sha256", {}).get(name) != digest]
+    if differ or kept.get("created") != offered.get("created"):
+        what = f"its {differ[0]} table differs" if differ else "it was prepared at another time"
+        raise SiftError(f"--data {data} is not the data {run.path} was trained on ({what}); pass the moved copy of that prepared data")
+
 
 def train(spec: RunSpec, console: Console | None = None, resume: bool = False, changes: dict[str, list[Any]] | None = None) -> RunDir:
     """Run a new `spec` (or resume the run it belongs to, with `changes` from `resume_changes`) to
