@@ -239,6 +239,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
                                                  "-o", str(w.run / "cmp")], "is inside the run"),
     ("--gpu-memory without --dry-run", lambda w: train(w, "--gpu-memory", "80GiB"), "only sizes a --dry-run"),
     ("a bad --gpu-memory, before the plan", lambda w: train(w, "--dry-run", "--gpu-memory", "lots"), "expected a size such as 80GiB"),
+    ("prepare safety with a missing local Alpaca file, offline", lambda w: ["prepare", "safety", "--alpaca", str(w.tmp / "none.jsonl"),
+                                                                          "-o", str(w.tmp / "out")], "none.jsonl does not exist"),
     ("duplicate YAML keys", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: unlearning\napp: safety\n"))],
      "key 'app' is given twice"),
     ("steps: true", lambda w: train(w, "--set", "train.steps=true"), "expected an integer (got true)"),

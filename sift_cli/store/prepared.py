@@ -125,11 +125,14 @@ def file_sha256(path: Path) -> str:
 def check_output(output: Path, inputs: Iterable[str | Path] = ()) -> None:
     """Refuse, before anything is read or computed, an --output that `write_prepared` would have to
     refuse: a file, a directory holding anything but earlier prepared data, an unwritable place, or
-    a directory that is (or holds) one of the inputs."""
+    a directory that is (or holds) one of the inputs; and local inputs that do not exist."""
     output = Path(output)
     check_output_place(output)
     resolved = output.resolve()
     for item in inputs:
+        if not Path(item).expanduser().exists():
+            # before any download: an offline user hears about the typo, not about the hub
+            raise SiftError(f"input {item} does not exist; check the path (or name a hub source)")
         source = Path(item).expanduser().resolve()
         if source == resolved or source.is_relative_to(resolved):
             raise SiftError(f"--output {output} would replace the input {item}; write the prepared data to another directory")
