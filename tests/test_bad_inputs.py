@@ -200,7 +200,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("row without text", lambda w: train(w, "--data", str(prepared_copy(w, row_without_text))), "row lacks 'text'"),
     ("malformed run spec.yaml", lambda w: ["train", "--resume", str(run_copy(w, lambda text: "app: [unclosed\n"))], "cannot be read"),
     ("changed trainable on resume", lambda w: ["train", "--resume", str(run_copy(w, lambda text: text.replace(
-        "mlp\\.down_proj", "mlp\\.(down|up)_proj")))], "holds no state for"),
+        "mlp\\.down_proj", "mlp\\.(down|up)_proj"))), "--steps", "2"], "holds no state for"),
     ("resume with a fixed setting", lambda w: ["train", "--resume", str(w.run), "--method", "muon"], "takes only --steps, --lr, --data and --dry-run"),
     ("resume with --steps 0", lambda w: ["train", "--resume", str(w.run), "--steps", "0"], "train.steps"),
     ("RAGTruth label not an object", lambda w: prepare_hallucination(w, ragtruth_dir(w, ["Paris"])), "is a str, not an object"),

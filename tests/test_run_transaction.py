@@ -178,7 +178,7 @@ def test_a_second_process_cannot_write_a_run_that_another_one_is_writing(tiny_mo
             assert first.poll() is None, first.communicate()
             time.sleep(0.05)
         one_line_refusal(invoke("train", "--resume", str(run_path)), f"in use by another sift process (pid {first.pid})")
-        one_line_refusal(invoke(*args), "already holds a run")
+        one_line_refusal(invoke(*args), f"in use by another sift process (pid {first.pid}); wait for it to finish before you train into it")
         release.touch()
         _, stderr = first.communicate(timeout=300)
     finally:
