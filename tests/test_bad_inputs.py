@@ -241,6 +241,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("a bad --gpu-memory, before the plan", lambda w: train(w, "--dry-run", "--gpu-memory", "lots"), "expected a size such as 80GiB"),
     ("prepare safety with a missing local Alpaca file, offline", lambda w: ["prepare", "safety", "--alpaca", str(w.tmp / "none.jsonl"),
                                                                           "-o", str(w.tmp / "out")], "none.jsonl does not exist"),
+    ("compare refused after it started", lambda w: ["compare", "--app", "unlearning", "--set", f"data.path={w.data}", "--method", "muon=1e-2",
+                                                    "-o", str(w.tmp / "cmp")], "independent clusters"),
     ("duplicate YAML keys", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: unlearning\napp: safety\n"))],
      "key 'app' is given twice"),
     ("steps: true", lambda w: train(w, "--set", "train.steps=true"), "expected an integer (got true)"),
@@ -289,3 +291,27 @@ def test_usage_errors_are_one_line_and_exit_2(args, message) -> None:
     done = subprocess.run([sys.executable, "-m", "sift_cli.cli", *args], capture_output=True, text=True, timeout=120)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(message), done.stdout + done.stderr
+
+
+def test_a_compare_refused_after_it_started_leaves_no_trace(tiny_model_dir, data_dir, tmp_path) -> None:  # noqa: F811
+    """A comparison refused after it claimed its directory (the test data's held-out examples are too
+    few to split, found while the examples are built) takes the directory back, so the corrected
+    command is not told that it holds another comparison."""
+    args = ["compare", "--app", "unlearning", "--set", f"data.path={data_dir}", "--method", "muon=1e-2", "-o", str(tmp_path / "cmp")]
+    assert invoke(*args).exit_code == 2
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_file_system_refusal_no_module_foresaw_is_one_line(finished_run, tmp_path, monkeypatch) -> None:
+    """The CLI's boundary: an OSError from anywhere (here a read-only plots directory, which root
+    cannot simulate with permissions) becomes one line naming the path and the cause, exit 2."""
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(finished_run / "plots"))
+
+    monkeypatch.setattr("sift_cli.localize.write_run", refuse)
+    result = invoke("localize", str(finished_run))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert lines[0] == f"error: cannot write {finished_run / 'plots'} (Permission denied); make it writable or pass another --output"

@@ -253,3 +253,12 @@ def test_a_moved_run_with_moved_data_resumes_with_data(tiny_model_dir, data_dir,
     assert spec.output == moved.resolve() and Path(spec.data.path) == moved_data.resolve()
     assert "output: " + str(moved.resolve()) in (moved / "spec.yaml").read_text()
     assert list(RunDir(moved).read_metrics()["step"]) == [1, 2]
+
+
+def test_evaluate_cleans_what_a_killed_evaluate_left_in_model(tiny_model_dir, data_dir, tmp_path) -> None:  # noqa: F811
+    run_path = tmp_path / "run"
+    assert invoke(*train_args(tiny_model_dir, data_dir, run_path, "--steps", "1")).exit_code == 0
+    leftover = run_path / "model" / ".README.md.k1ll3d.tmp"
+    leftover.write_text("half a card")
+    api.evaluate(run_path, tasks=[], console=Console(quiet=True))
+    assert not leftover.exists() and (run_path / "model" / "README.md").is_file()
