@@ -423,9 +423,9 @@ def bench_distributed(
     steps: int = typer.Option(3, "--steps", help="timed optimizer steps (after 2 warm-up steps)"),
 ) -> None:
     """The sharded (FSDP2) optimizer step on 1 and N CPU processes: seconds per step and memory per rank, as ratios."""
-    from sift_cli.bench.distributed import run_distributed_bench
-
     import os
+
+    from sift_cli.bench.distributed import run_distributed_bench
 
     if processes < 2 or layers < 1 or steps < 1:
         raise SiftError("--processes must be at least 2, --layers and --steps at least 1")

@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from sift_cli.engine import OptimizerConfig, SiftOptimizer
 from sift_cli.engine.optimizer import SUBSPACE_CACHES
 from sift_cli.errors import SiftError
-from sift_cli.training.plan import meta_model, optimizer_config, run_optimizer_config, select_trainable, select_trained, trainable_regex
 from sift_cli.resources import configs_dir
 from sift_cli.spec import LoraSpec, RunSpec
+from sift_cli.training.plan import meta_model, optimizer_config, run_optimizer_config, select_trainable, select_trained, trainable_regex
 
 MODEL_CONFIGS = configs_dir() / "models"
 """<name>/config.json of the paper's models (shapes only), in the top-level configs/ (and the wheel)."""

@@ -21,12 +21,12 @@ from rich.console import Console
 from sift_cli.engine import pome_edit
 from sift_cli.errors import SiftError
 from sift_cli.hf.loading import load_model, load_tokenizer
-from sift_cli.training.plan import trainable_regex
 from sift_cli.store.atomic import write_json, write_text
 from sift_cli.store.lock import locked
 from sift_cli.store.places import check_output_place
 from sift_cli.store.rundir import ALIGNMENT, DATA, ENV, METRICS, POME, SPECTRA, RunDir
 from sift_cli.store.transaction import staged_directory
+from sift_cli.training.plan import trainable_regex
 
 COPIED_LOGS = (ENV, METRICS, ALIGNMENT, SPECTRA)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-import types
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml

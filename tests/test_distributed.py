@@ -157,8 +157,8 @@ def test_bad_launches_fail_in_one_line_with_exit_2_on_every_rank(tiny_model_dir,
 
 def test_dry_run_prints_the_memory_of_each_rank(tiny_model_dir, data_dir, tmp_path) -> None:
     from sift_cli.memory import memory_estimate
-    from sift_cli.training.plan import meta_model
     from sift_cli.spec import resolve_spec
+    from sift_cli.training.plan import meta_model
 
     args = train_args(tiny_model_dir, data_dir, tmp_path / "dry", 2, "--dry-run", "--processes", "2", "--set", "train.parallel=fsdp2")
     result = runner.invoke(app, args)

@@ -23,13 +23,13 @@ from sift_cli.bench.precision import decaying_matrix
 from sift_cli.engine import SiftOptimizer, spectral_scale
 from sift_cli.engine.precision import join_fp32
 from sift_cli.memory import model_from_config
+from sift_cli.spec import resolve_spec
 from sift_cli.training.plan import (
     optimizer_config,
     plan_routes,
     select_trainable,
     trainable_regex,
 )
-from sift_cli.spec import resolve_spec
 
 SCALE = 16
 RELEASED = {

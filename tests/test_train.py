@@ -283,6 +283,23 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_exactly(tiny_model_dir, dat
     assert list(RunDir(full).read_metrics()["step"]) == [1, 2]
 
 
+def test_prepare_on_a_full_disk_is_one_line_and_keeps_nothing(tmp_path) -> None:
+    import resource
+
+    rows = "".join(json.dumps({"text": f"{text} Note {i} adds enough words to pass the length filter."}) + "\n"
+                   for i, text in enumerate(FORGET + RETAIN))  # fmt: skip
+    (tmp_path / "texts.jsonl").write_text(rows)
+
+    def lower_the_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+
+    args = ["prepare", "unlearning", "--forget", str(tmp_path / "texts.jsonl"), "--retain", str(tmp_path / "texts.jsonl"), "-o", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, "-m", "sift_cli.cli", *args], preexec_fn=lower_the_limit, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(errors) == 1 and "the disk is full or a file-size limit was reached" in errors[0], done.stderr
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["texts.jsonl"]
+
+
 def test_a_diverging_run_stops_clearly_and_keeps_its_last_checkpoint(tiny_model_dir, data_dir, tmp_path) -> None:
     run_path = tmp_path / "diverged"
     args = train_args(tiny_model_dir, data_dir, run_path, "--steps", "6", "--method", "adamw", "--lr", "1e36")

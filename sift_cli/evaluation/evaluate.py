@@ -25,10 +25,9 @@ from sift_cli.hf.model_card import write_model_card
 from sift_cli.output import summary
 from sift_cli.spec import RunSpec
 from sift_cli.store.atomic import write_json
-from sift_cli.store.lock import locked
 from sift_cli.store.evaluations import RESULTS, flatten, read_evaluations
+from sift_cli.store.lock import locked
 from sift_cli.store.rundir import RunDir
-
 
 
 def eval_device() -> torch.device:

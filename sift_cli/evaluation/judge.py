@@ -17,8 +17,8 @@ import re
 import time
 import urllib.error
 import urllib.request
-from urllib.parse import quote, quote_plus
 from typing import Any, Literal, Protocol
+from urllib.parse import quote, quote_plus
 
 from sift_cli.errors import SiftError, first_line
 from sift_cli.evaluation.endpoint import JudgeEndpoint

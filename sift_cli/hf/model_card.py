@@ -17,8 +17,8 @@ from typing import Any
 import sift_cli
 from sift_cli.spec import DEFAULT_MODEL, RunSpec
 from sift_cli.store.atomic import write_text
-from sift_cli.store.prepared import MANIFEST
 from sift_cli.store.evaluations import latest_metrics
+from sift_cli.store.prepared import MANIFEST
 from sift_cli.store.rundir import ENV, RunDir
 
 CARD = "README.md"

@@ -5,7 +5,7 @@ checkpoints it (loop.py, trainer.py, checkpoints.py, state.py), the launch joins
 The CLI, `sift compare`, the benches and the Python API (`sift_cli.api`) all call these functions."""
 
 from sift_cli.training.checkpoints import latest_checkpoint
-from sift_cli.training.transactions import resume_changes, train
 from sift_cli.training.trainer import TrainingStopped
+from sift_cli.training.transactions import resume_changes, train
 
 __all__ = ["TrainingStopped", "latest_checkpoint", "resume_changes", "train"]

@@ -15,7 +15,6 @@ from sift_cli.errors import SiftError, first_line
 from sift_cli.store.atomic import write_with
 from sift_cli.store.rundir import RunDir
 
-
 CHECKPOINT_GLOB = "step-*"
 """`step-NNNNNNN.pt` (one process, DDP) or `step-NNNNNNN/` (FSDP2: sharded, see sift_cli.training.fsdp)."""
 

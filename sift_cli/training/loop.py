@@ -21,7 +21,6 @@ from sift_cli.training.objectives import fit_lines
 from sift_cli.training.state import environment
 from sift_cli.training.trainer import Trainer, TrainingStopped
 
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 """Ctrl-C, and what `timeout`, Kubernetes, SLURM and torchrun send before SIGKILL."""
 

@@ -26,8 +26,8 @@ from sift_cli.training import tracking
 from sift_cli.training.checkpoints import checkpoint_path, prune_checkpoints, restore_latest, write_checkpoint
 from sift_cli.training.launch import Ranks
 from sift_cli.training.objectives import ObjectiveModel, check_fit
-from sift_cli.training.records import alignment_rows, metrics_record
 from sift_cli.training.plan import lora_rank, plan_routes, run_optimizer_config, select_trained, with_adapters
+from sift_cli.training.records import alignment_rows, metrics_record
 from sift_cli.training.state import IndexStream, lr_multiplier, rng_state, seed_everything, set_deterministic, set_rng_state
 
 

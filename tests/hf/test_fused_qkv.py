@@ -9,8 +9,8 @@ from torch import nn
 from sift_cli.errors import SiftError
 from sift_cli.hf import fused_qkv as qkv
 from sift_cli.hf import naming
-from sift_cli.training.plan import plan_routes
 from sift_cli.spec import OptimSpec, resolve_spec
+from sift_cli.training.plan import plan_routes
 
 GLM_VOICE_CONFIG = {
     "num_attention_heads": 32,

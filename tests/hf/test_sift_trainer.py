@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import prepare_unlearning
 from safetensors.torch import load_file
 from test_train import FORGET, RETAIN, TRAINABLE, invoke, train_args
 
-from helpers import prepare_unlearning
 from sift_cli.spec import resolve_spec
 from sift_cli.store.rundir import RunDir
 

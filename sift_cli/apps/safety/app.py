@@ -34,8 +34,8 @@ from sift_cli.apps.safety.data import (
     pku_pairs,
     sample_rows,
 )
-from sift_cli.apps.safety.refusal import is_refusal
 from sift_cli.apps.safety.options import Options
+from sift_cli.apps.safety.refusal import is_refusal
 from sift_cli.errors import SiftError
 from sift_cli.evaluation.generate import generate, prompt_ids
 from sift_cli.evaluation.judge import ChatJudge, JudgeError, describe, endpoint_judge, require_some_judged

@@ -25,6 +25,7 @@ from sift_cli.apps.base import Batch, CompareMetrics, EvalOptions, Fit, Metric, 
 from sift_cli.apps.batching import IGNORE, label_log_probs, labelled_objectives, pad_id, per_example_nll
 from sift_cli.apps.speech import prompts, sources
 from sift_cli.apps.speech.answers import parse_answer
+from sift_cli.apps.speech.options import Options
 from sift_cli.apps.speech.tokens import (
     SpeechVocab,
     add_speech_tokens,
@@ -38,7 +39,6 @@ from sift_cli.apps.speech.whisper_vq import (
     SpeechTokenizer,
     load_speech_tokenizer,
 )
-from sift_cli.apps.speech.options import Options
 from sift_cli.errors import SiftError
 from sift_cli.output import summary
 from sift_cli.store.prepared import PreparedData, check_output, write_prepared

@@ -389,6 +389,7 @@ def _local_texts(entry: str, flag: str, names: str) -> tuple[list[str], dict[str
 
 def _hub_texts(repo: str, config: str, split: str) -> tuple[list[str], dict[str, Any]]:
     from datasets import load_dataset
+
     from sift_cli.hf.hub import require_hub
 
     require_hub(f"the dataset {repo}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+
 class Options(BaseModel):
     """The `objective:` section of an unlearning spec."""
 
