@@ -15,6 +15,7 @@ into `output_dir` in `sift train`'s format, with the optimizer settings `sift lo
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -183,8 +184,8 @@ class SiftTrainer(Trainer):
         return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
     def _trained(self) -> list[tuple[str, nn.Parameter]]:
-        import re
-
+        """What the optimizer trains: the parameters that require grad, narrowed by `trainable` (the
+        others are frozen, so that Trainer and the optimizer agree)."""
         pattern = re.compile(self.trainable) if self.trainable else None
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         if pattern is not None:

@@ -18,14 +18,18 @@ from sift_cli.store.rundir import RunDir
 CHECKPOINT_GLOB = "step-*"
 """`step-NNNNNNN.pt` (one process, DDP) or `step-NNNNNNN/` (FSDP2: sharded, see sift_cli.training.fsdp)."""
 
+
 KEEP_CHECKPOINTS = 2
+
 
 def latest_checkpoint(run: RunDir) -> Path | None:
     found = sorted(run.checkpoints.glob(CHECKPOINT_GLOB))
     return found[-1] if found else None
 
+
 class UnreadableCheckpoint(Exception):
     """A checkpoint file that does not load (truncated, empty, not a torch archive)."""
+
 
 def read_checkpoint(path: Path, rank: int = 0) -> dict[str, Any]:
     """A checkpoint's state (of a sharded one, this rank's unsharded part), loaded without executing

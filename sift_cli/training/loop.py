@@ -80,6 +80,7 @@ def run_to_end(trainer: Trainer, console: Console) -> RunDir:
         )
     return run
 
+
 def step_until_done(trainer: Trainer, console: Console) -> None:
     spec = trainer.spec
     columns = (

@@ -19,6 +19,7 @@ def check_fit(objectives: Objectives, spec: RunSpec) -> None:
                 f"(more than data.max_dropped={spec.data.max_dropped:g}); raise data.max_length or data.max_dropped"
             )
 
+
 def fit_lines(objectives: Objectives, max_length: int) -> list[str]:
     """What max_length did to each objective's examples, for the console (nothing when all fit)."""
     return [
@@ -26,6 +27,7 @@ def fit_lines(objectives: Objectives, max_length: int) -> list[str]:
         for name, fit in objectives.fits.items()
         if fit.dropped or fit.cut
     ]
+
 
 class ObjectiveModel(torch.nn.Module):
     """The model with the two losses as its forward, which is what DDP wraps: each objective's

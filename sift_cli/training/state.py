@@ -39,6 +39,7 @@ class IndexStream:
             self._cached_epoch = epoch
         return self._cached
 
+
 def lr_multiplier(train: Any) -> Callable[[int], float]:
     """Warm-up then constant, linear or cosine decay, as a LambdaLR factor of the step index."""
 
@@ -54,10 +55,12 @@ def lr_multiplier(train: Any) -> Callable[[int], float]:
 
     return factor
 
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
 
 def rng_state() -> dict[str, Any]:
     """Every RNG's state in types that `torch.load(weights_only=True)` accepts (no numpy arrays)."""
@@ -68,6 +71,7 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
@@ -80,6 +84,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
+
 def set_deterministic(on: bool) -> None:
     """torch's deterministic algorithms, or its defaults. cuBLAS needs a fixed workspace for
     deterministic matrix products, set before its first use; ops without a deterministic version raise."""
@@ -87,6 +92,7 @@ def set_deterministic(on: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.benchmark = not on
+
 
 def environment(device: torch.device, world_size: int, seed: int, parallel: str) -> dict[str, Any]:
     import transformers

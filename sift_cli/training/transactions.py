@@ -54,6 +54,7 @@ def check_new_output(path: Path) -> None:
     if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
         raise SiftError(f"--output {path} cannot be written ({ancestor} is not a writable directory); pass another directory")
 
+
 def absolute_spec(spec: RunSpec) -> RunSpec:
     """The spec with every path that exists here made absolute (data, output, a local model, local
     files in the app's options), so the run directory means the same thing from any directory."""
@@ -72,6 +73,7 @@ def absolute_spec(spec: RunSpec) -> RunSpec:
     tree["objective"] = {key: absolute(value) for key, value in spec.objective.items()}
     return type(spec).model_validate(tree)
 
+
 def history_record(event: str, **fields: Any) -> dict[str, Any]:
     return {
         "event": event,
@@ -79,6 +81,7 @@ def history_record(event: str, **fields: Any) -> dict[str, Any]:
         "command": " ".join(["sift", *sys.argv[1:]]),
         **fields,
     }
+
 
 def resume_changes(
     spec: RunSpec, steps: int | None = None, lr: float | None = None, data: Path | None = None
@@ -101,6 +104,7 @@ def resume_changes(
         changes["optim.lr"] = [spec.optim.lr, lr]
         tree["optim"]["lr"] = lr
     return (validate_spec(tree), changes) if changes else (spec, changes)
+
 
 def check_same_data(run: RunDir, data: Path, app: str) -> None:
     """`data` holds the prepared data `run` was trained on: made by the same `sift prepare` (its
@@ -138,6 +142,7 @@ def train(spec: RunSpec, console: Console | None = None, resume: bool = False, c
                 return _resume(spec, run, console, changes or {}, accelerator, held)
             return _start(spec, run, console, accelerator, held)
 
+
 def _start(spec: RunSpec, run: RunDir, console: Console, accelerator: Any, held: ExitStack) -> RunDir:
     ranks = Ranks(accelerator)
     # Every rank checks the target before any rank writes it, so none finds rank 0's spec.yaml.
@@ -161,6 +166,7 @@ def _start(spec: RunSpec, run: RunDir, console: Console, accelerator: Any, held:
 
     ranks.agreed(claim)
     return run_to_end(trainer, console)
+
 
 def _resume(spec: RunSpec, run: RunDir, console: Console, changes: dict[str, list[Any]], accelerator: Any, held: ExitStack) -> RunDir:
     ranks = Ranks(accelerator)
