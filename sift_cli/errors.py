@@ -33,4 +33,6 @@ def describe_os_error(exc: OSError) -> str:
                 "was kept: free space, then run the command again (`sift train --resume RUN` continues a run)")  # fmt: skip
     if exc.errno in DENIED:
         return f"cannot write{where} ({cause}); make it writable or pass another --output"
-    return f"file system error at{where or ' a path'}: {cause}"
+    if exc.filename:
+        return f"cannot use{where}: {cause}"
+    return f"{type(exc).__name__}: {first_line(exc)}"  # a connection or another system error without a path

@@ -33,7 +33,9 @@ QUIET_LOGGERS = ("transformers", "datasets", "huggingface_hub", "accelerate", "l
 
 
 def configure_output(verbose: bool) -> None:
-    """Silence third-party progress bars, warnings and logs unless `verbose`."""
+    """Silence third-party progress bars, warnings and logs unless `verbose` (which lets the bars
+    through again in a process that was quiet before, e.g. a notebook)."""
+    _silence_tqdm(not verbose)
     if verbose:
         return
     for name, value in QUIET_ENV.items():
@@ -55,24 +57,28 @@ def configure_output(verbose: bool) -> None:
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-    _silence_tqdm()
 
 
-def _silence_tqdm() -> None:
-    """Every tqdm bar off, including those whose caller passes `disable=False` itself (lm-eval's request
-    loops do), which TQDM_DISABLE cannot reach."""
+_BARS = {"quiet": False}
+
+
+def _silence_tqdm(quiet: bool) -> None:
+    """While quiet, every tqdm bar is off, including those whose caller passes `disable=False` itself
+    (lm-eval's request loops do), which TQDM_DISABLE cannot reach."""
     from tqdm import tqdm
 
+    _BARS["quiet"] = quiet
     if getattr(tqdm.__init__, "_sift_quiet", False):
         return
     drawn = tqdm.__init__
 
-    def quiet(self: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs["disable"] = True
+    def gated(self: Any, *args: Any, **kwargs: Any) -> None:
+        if _BARS["quiet"]:
+            kwargs["disable"] = True
         drawn(self, *args, **kwargs)
 
-    quiet._sift_quiet = True  # type: ignore[attr-defined]
-    tqdm.__init__ = quiet  # type: ignore[method-assign]
+    gated._sift_quiet = True  # type: ignore[attr-defined]
+    tqdm.__init__ = gated  # type: ignore[method-assign]
 
 
 def summary(console: Console, text: str, where: Path | str | None = None) -> None:

@@ -16,6 +16,7 @@ from sift_cli.apps.unlearning import app as unlearning
 from sift_cli.errors import SiftError
 from sift_cli.evaluation import lmeval
 from sift_cli.evaluation.evaluate import evaluate_run
+from sift_cli.output import configure_output
 from sift_cli.spec import RunSpec
 
 QUESTIONS = [
@@ -78,6 +79,7 @@ def test_local_mcq_accuracy_matches_manual_argmax(tiny, mcq_file: Path) -> None:
 
 def test_quiet_evaluation_draws_no_progress_bars_and_scores_the_same(tiny, mcq_file: Path, capfd) -> None:
     model, tokenizer = tiny
+    configure_output(verbose=True)  # as `sift --verbose`: an earlier quiet command in this process is undone
     loud = lmeval.run_tasks(model, tokenizer, [f"cloze:{mcq_file}"], batch_size=4)
     assert "Running loglikelihood requests" in capfd.readouterr().err
     quiet = lmeval.run_tasks(model, tokenizer, [f"cloze:{mcq_file}"], batch_size=4, progress=False)
