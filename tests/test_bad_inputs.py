@@ -240,7 +240,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], str]] = [
     ("--gpu-memory without --dry-run", lambda w: train(w, "--gpu-memory", "80GiB"), "only sizes a --dry-run"),
     ("a bad --gpu-memory, before the plan", lambda w: train(w, "--dry-run", "--gpu-memory", "lots"), "expected a size such as 80GiB"),
     ("prepare safety with a missing local Alpaca file, offline", lambda w: ["prepare", "safety", "--alpaca", str(w.tmp / "none.jsonl"),
-                                                                          "-o", str(w.tmp / "out")], "none.jsonl is neither one of the hub sources"),
+                                                                          "-o", str(w.tmp / "out")], "none.jsonl does not exist and is not one of the hub sources"),
     ("compare refused after it started", lambda w: ["compare", "--app", "unlearning", "--set", f"data.path={w.data}", "--method", "muon=1e-2",
                                                     "-o", str(w.tmp / "cmp")], "independent clusters"),
     ("duplicate YAML keys", lambda w: ["train", "--config", str(a_file(w.tmp / "spec.yaml", b"app: unlearning\napp: safety\n"))],

@@ -132,7 +132,7 @@ def check_output(output: Path, inputs: Iterable[str | Path] = ()) -> None:
     for item in inputs:
         if not Path(item).expanduser().exists():
             # before any download: an offline user hears about the typo, not about the hub
-            raise SiftError(f"{item} is neither one of the hub sources nor an existing file; check the path (`--help` lists the sources)")
+            raise SiftError(f"{item} does not exist and is not one of the hub sources; check the path (`--help` lists the sources)")
         source = Path(item).expanduser().resolve()
         if source == resolved or source.is_relative_to(resolved):
             raise SiftError(f"--output {output} would replace the input {item}; write the prepared data to another directory")

@@ -76,9 +76,9 @@ def test_prepare_local_files_writes_counts_filters_and_holdout(tmp_path: Path, s
     ("forget", "retain", "needle"),
     [
         (["bio"], None, "gated"),
-        (["no/such/file.jsonl"], None, "no/such/file.jsonl is neither one of the hub sources nor an existing file"),
+        (["no/such/file.jsonl"], None, "no/such/file.jsonl does not exist and is not one of the hub sources"),
         ([], None, "no forget source"),
-        (None, "missing.jsonl", "missing.jsonl is neither one of the hub sources nor an existing file"),
+        (None, "missing.jsonl", "missing.jsonl does not exist and is not one of the hub sources"),
     ],
 )
 def test_prepare_bad_sources_are_one_line_errors(tmp_path, sources, forget, retain, needle) -> None:
