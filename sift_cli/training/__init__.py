@@ -1,5 +1,5 @@
 """Training a run directory: `train(spec)` starts or resumes one (transactions.py), the loop steps and
-checkpoints it (loop.py, trainer.py, checkpoints.py, state.py), the launch joins the ranks
+checkpoints it (loop.py, trainer.py, checkpoints.py, state.py) and logs it (records.py), the launch joins the ranks
 (launch.py, fsdp.py), plan.py routes the parameters, tracking.py feeds experiment trackers.
 
 The CLI, `sift compare`, the benches and the Python API (`sift_cli.api`) all call these functions."""
