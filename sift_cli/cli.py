@@ -153,17 +153,17 @@ def _resume(path: Path, steps: Optional[int], lr: Optional[float], data: Optiona
     from sift_cli.store.rundir import RunDir
     from sift_cli.training import latest_checkpoint, resume_changes
 
+    if not dry_run:
+        api.resume(path, steps=steps, lr=lr, data=data, console=console)
+        return
+    from sift_cli.training.plan import print_dry_run
+
     run = RunDir.open(path)
     spec, changes = resume_changes(run.load_spec(), steps=steps, lr=lr, data=data)
-    if dry_run:
-        from sift_cli.training.plan import print_dry_run
-
-        print_dry_run(spec, console)
-        checkpoint = latest_checkpoint(run)
-        changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()) or "nothing"
-        console.print(f"would resume {run.path} from {checkpoint.name if checkpoint else 'the start'}, changing {changed}")
-        return
-    api.resume(path, steps=steps, lr=lr, data=data, console=console)
+    print_dry_run(spec, console)
+    checkpoint = latest_checkpoint(run)
+    changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items()) or "nothing"
+    console.print(f"would resume {run.path} from {checkpoint.name if checkpoint else 'the start'}, changing {changed}")
 
 
 @app.command()
